@@ -1,0 +1,159 @@
+"""The importer interface every foreign-format module implements, and the shared statistics they use.
+
+An importer turns a peer tool's output (a file or a folder) into an `ImportedRun`: the `Run` record, its
+metric results, and the per-sample rows as a stream of batches, so a million-sample log never has to be in
+memory at once. Stderr / CI are recomputed from per-sample scores with the same CLT formula everywhere
+(`clt_metric`), so numbers from different tools are comparable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import pyarrow as pa
+
+from evalkeeper.core.errors import ImportFormatError
+from evalkeeper.core.records import MetricResult, Run, Sample
+
+__all__ = [
+    "CLT_METHOD",
+    "Z95",
+    "CltAccumulator",
+    "ImportFormatError",
+    "ImportedRun",
+    "Importer",
+    "apply_clt",
+    "clt_metric",
+    "read_json_file",
+]
+
+Z95 = 1.959964  # two-sided 95% normal quantile
+CLT_METHOD = "clt"
+
+Batch = pa.Table | list[Sample]
+
+
+@dataclass
+class ImportedRun:
+    """What an importer hands to the store: `ws.add_run(r.run, r.metrics, r.batches)`.
+
+    `batches` may be a one-shot generator that streams the source file. Importers that stream may refine
+    `metrics` *in place* (recomputed CLT stderr/CI, n) once `batches` is exhausted, because the per-sample
+    scores are only seen while streaming; consume `batches` before persisting `metrics`. Until then the
+    metric objects hold the values carried over from the source (method "source").
+    """
+
+    run: Run
+    metrics: list[MetricResult]
+    batches: Iterable[Batch]
+    source_files: list[Path] = field(default_factory=list)
+
+
+@runtime_checkable
+class Importer(Protocol):
+    """One foreign format. `detect` looks at content (JSON keys, Parquet columns), not just the name."""
+
+    name: str
+
+    def detect(self, path: Path) -> bool:
+        """True when `path` (file or folder) holds output of this format; never raises."""
+        ...
+
+    def load(self, path: Path) -> ImportedRun:
+        """Read `path`; raise `ImportFormatError` naming the file and what is wrong."""
+        ...
+
+
+def clt_metric(values: Sequence[float] | Any) -> tuple[float, float | None, float | None, float | None, int]:
+    """Mean, CLT standard error (sample std, ddof=1, over sqrt(n)) and 95% CI of per-sample scores.
+
+    NaN values are dropped (they mark samples without that metric). With n < 2 the standard error and CI
+    are undefined and returned as None.
+    """
+    acc = CltAccumulator()
+    for v in values:
+        acc.add(float(v))
+    return acc.result()
+
+
+class CltAccumulator:
+    """Streaming (Welford) version of `clt_metric`, for scores seen one sample at a time."""
+
+    __slots__ = ("n", "mean", "m2")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean = 0.0
+        self.m2 = 0.0
+
+    def add(self, value: float) -> None:
+        if math.isnan(value):
+            return
+        self.n += 1
+        delta = value - self.mean
+        self.mean += delta / self.n
+        self.m2 += delta * (value - self.mean)
+
+    def result(self) -> tuple[float, float | None, float | None, float | None, int]:
+        n = self.n
+        if n == 0:
+            return (math.nan, None, None, None, 0)
+        if n < 2:
+            return (self.mean, None, None, None, n)
+        se = math.sqrt(max(self.m2, 0.0) / (n - 1)) / math.sqrt(n)
+        return (self.mean, se, self.mean - Z95 * se, self.mean + Z95 * se, n)
+
+
+def apply_clt(metric: MetricResult, acc: CltAccumulator | Sequence[float], *, rel_tol: float = 1e-6) -> bool:
+    """Recompute `metric`'s stderr/CI/n from per-sample scores, in place, when they explain its value.
+
+    The per-sample mean must match the carried value (within `rel_tol`, or the source value is missing):
+    corpus-level metrics (BLEU, F1 over the corpus) are not means of per-sample numbers, and a CLT
+    interval around them would be wrong, so those keep the source's numbers. Returns True if applied.
+    """
+    mean, se, lo, hi, n = acc.result() if isinstance(acc, CltAccumulator) else clt_metric(acc)
+    if n == 0:
+        return False
+    if not math.isnan(metric.value) and not math.isclose(mean, metric.value, rel_tol=rel_tol, abs_tol=1e-9):
+        return False
+    if math.isnan(metric.value):
+        metric.value = mean
+    metric.stderr = se
+    metric.ci_low = lo
+    metric.ci_high = hi
+    metric.n = n
+    metric.method = CLT_METHOD
+    return True
+
+
+def read_json_file(path: Path) -> Any:
+    """Parse a JSON file (bare NaN/Infinity accepted, as Python writes them); errors name the file."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ImportFormatError(f"cannot read file: {e.strerror or e}", path=str(path)) from None
+    try:
+        return json.loads(data)
+    except UnicodeDecodeError as e:
+        raise ImportFormatError(f"not UTF-8 text: {e.reason} at byte {e.start}", path=str(path)) from None
+    except json.JSONDecodeError as e:
+        raise ImportFormatError(
+            f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg} (truncated or not JSON?)",
+            path=str(path),
+        ) from None
+    except RecursionError:
+        raise ImportFormatError("JSON nested too deeply", path=str(path)) from None
+
+
+def iter_files(path: Path, pattern: str) -> Iterator[Path]:
+    """Files under folder `path` matching a glob, sorted, skipping unreadable entries."""
+    try:
+        yield from sorted(p for p in path.rglob(pattern) if p.is_file())
+    except OSError:
+        return
