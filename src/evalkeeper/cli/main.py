@@ -1,0 +1,67 @@
+"""The `evalkeeper` command: a Typer app assembled from one module per command group."""
+
+from __future__ import annotations
+
+import sys
+from importlib import import_module
+
+import typer
+
+from evalkeeper import __version__
+
+COMMAND_MODULES = ("ingest", "runs", "run", "gates", "bundle", "report", "serve", "publish")
+
+app = typer.Typer(
+    name="evalkeeper",
+    help="Package, report, publish and govern LLM evaluations.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"evalkeeper {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """evalkeeper: import or run evaluations, then package, report, publish and govern them."""
+
+
+for _name in COMMAND_MODULES:
+    import_module(f"evalkeeper.cli.{_name}").register(app)
+
+
+def main() -> None:
+    """Entry point: user errors print one clear message and exit 2 (or the error's own code), no traceback."""
+    from evalkeeper.core.errors import EvalkeeperError
+
+    try:
+        app(standalone_mode=False)
+    except EvalkeeperError as exc:
+        from evalkeeper.cli.common import err_console
+
+        err_console().print(f"[bold red]error:[/] {exc.render()}", markup=True, highlight=False)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()
