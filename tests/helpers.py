@@ -52,3 +52,28 @@ def make_run(
               tasks=[TaskInfo(name=t, metrics=[metric], higher_is_better={metric: True}, n_samples=n) for t in tasks],
               provenance=Provenance(producer="evalkeeper", command="make_run"))
     return ws.add_run(run, metrics, [samples])
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    """Run the real `evalkeeper` entry point in-process; returns (exit code, stdout, stderr).
+
+    Goes through `main()`, so user errors are rendered and mapped to exit codes exactly as for users.
+    """
+    import contextlib
+    import io
+    import sys
+
+    from evalkeeper.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    old_argv = sys.argv
+    sys.argv = ["evalkeeper", *args]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = old_argv
+    return code, out.getvalue(), err.getvalue()

@@ -33,8 +33,9 @@ def list_runs(
     from rich.table import Table
 
     table = Table(title=f"{len(runs)} run(s) in {ws.home}")
-    for col in ("run id", "model", "tasks", "samples", "created", "producer", "tags"):
-        table.add_column(col, justify="right" if col == "samples" else "left")
+    table.add_column("run id", no_wrap=True)
+    for col in ("model", "tasks", "samples", "created", "producer", "tags"):
+        table.add_column(col, justify="right" if col == "samples" else "left", overflow="fold")
     for r in runs:
         table.add_row(r.run_id, r.model.name, _tasks_label([t.name for t in r.tasks]), f"{r.n_samples:,}",
                       r.created_at.strftime("%Y-%m-%d %H:%M"), r.provenance.producer, ", ".join(r.tags))
