@@ -55,12 +55,20 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+        click_exc = _click_exceptions()
+        if isinstance(exc, click_exc.ClickException):
             exc.show()
-            sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+            sys.exit(2 if isinstance(exc, click_exc.UsageError) else exc.exit_code)
         raise
+
+
+def _click_exceptions():  # type: ignore[no-untyped-def]
+    """Typer >= 0.25 vendors click as `typer._click`; older Typer uses the click package."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # pragma: no cover - older typer
+        from click import exceptions
+    return exceptions
 
 
 if __name__ == "__main__":
