@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats as _st
+from scipy import special as _sp
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -57,7 +57,7 @@ def z_value(alpha: float) -> float:
     """Two-sided normal critical value z_{1-alpha/2}."""
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    return float(_st.norm.ppf(1.0 - alpha / 2.0))
+    return float(_sp.ndtri(1.0 - alpha / 2.0))
 
 
 def _ci(mean: float, se: float, n: int, alpha: float, method: str) -> MeanEstimate:

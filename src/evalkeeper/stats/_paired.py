@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from scipy import stats as _st
+from scipy import special as _sp
 
 from ._estimate import FloatArray, as_float_array, is_binary
 
@@ -80,11 +80,11 @@ def _pair(a: Any, b: Any) -> tuple[FloatArray, FloatArray]:
 
 def _t_pvalue(t: float, df: int, alternative: str) -> float:
     if alternative == "two-sided":
-        return float(2.0 * _st.t.sf(abs(t), df))
+        return float(2.0 * _sp.stdtr(df, -abs(t)))
     if alternative == "less":
-        return float(_st.t.cdf(t, df))
+        return float(_sp.stdtr(df, t))
     if alternative == "greater":
-        return float(_st.t.sf(t, df))
+        return float(_sp.stdtr(df, -t))
     raise ValueError(f"unknown alternative {alternative!r}")
 
 
@@ -118,11 +118,11 @@ def mcnemar_exact(a: Any, b: Any, alternative: Alternative = "two-sided") -> McN
     if m == 0:
         p = 1.0
     elif alternative == "two-sided":
-        p = min(1.0, 2.0 * float(_st.binom.cdf(min(a_only, b_only), m, 0.5)))
+        p = min(1.0, 2.0 * float(_sp.bdtr(min(a_only, b_only), m, 0.5)))
     elif alternative == "less":  # b worse: improvements unusually few
-        p = float(_st.binom.cdf(b_only, m, 0.5))
+        p = float(_sp.bdtr(b_only, m, 0.5))
     elif alternative == "greater":
-        p = float(_st.binom.cdf(a_only, m, 0.5))
+        p = float(_sp.bdtr(a_only, m, 0.5))
     else:
         raise ValueError(f"unknown alternative {alternative!r}")
     return McNemarResult(a_only, b_only, p, alternative)
@@ -192,7 +192,7 @@ def paired_difference(
     n = int(d.size)
     mean, se = _diff_stats(d)
     if n > 1:
-        half = float(_st.t.ppf(1.0 - alpha / 2.0, n - 1)) * se
+        half = float(_sp.stdtrit(n - 1, 1.0 - alpha / 2.0)) * se
         lo, hi = mean - half, mean + half
     else:
         lo = hi = float("nan")
@@ -228,8 +228,8 @@ def tost_equivalence(a: Any, b: Any, margin: float, alpha: float = 0.05) -> Tost
         inside = abs(mean) < margin
         p = 0.0 if inside else 1.0
         return TostResult(mean, se, mean, mean, n, p, margin, alpha, inside)
-    p_lower = float(_st.t.sf((mean + margin) / se, df))  # H0: d <= -margin
-    p_upper = float(_st.t.cdf((mean - margin) / se, df))  # H0: d >= +margin
+    p_lower = float(_sp.stdtr(df, -((mean + margin) / se)))  # H0: d <= -margin
+    p_upper = float(_sp.stdtr(df, (mean - margin) / se))  # H0: d >= +margin
     p = max(p_lower, p_upper)
-    half = float(_st.t.ppf(1.0 - alpha, df)) * se
+    half = float(_sp.stdtrit(df, 1.0 - alpha)) * se
     return TostResult(mean, se, mean - half, mean + half, n, p, margin, alpha, p < alpha)
