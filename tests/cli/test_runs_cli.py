@@ -8,9 +8,8 @@ import subprocess
 import sys
 import time
 
-from helpers import make_run, run_cli
-
 from evalkeeper.store import Workspace
+from helpers import make_run, run_cli
 
 
 def test_runs_list_show_tag_json(workspace: Workspace) -> None:

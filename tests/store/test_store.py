@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -13,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import make_run
 from sqlalchemy import text
 
 from evalkeeper.core import Decision, EvalkeeperError, MetricResult, ModelInfo, NotFoundError, Provenance, Run, Sample
 from evalkeeper.store import Workspace, open_workspace
 from evalkeeper.store import tables as T
+from helpers import make_run
 
 
 def test_run_round_trip_and_metrics(any_workspace: Workspace) -> None:

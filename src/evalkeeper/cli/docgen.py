@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import typer
-
 from typing import Any
+
+import typer
 
 
 def _params(cmd: Any) -> list[str]:

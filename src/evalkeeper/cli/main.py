@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from importlib import import_module
+from typing import Any
 
 import typer
 
@@ -62,13 +63,16 @@ def main() -> None:
         raise
 
 
-def _click_exceptions():  # type: ignore[no-untyped-def]
+def _click_exceptions() -> Any:
     """Typer >= 0.25 vendors click as `typer._click`; older Typer uses the click package."""
     try:
-        from typer._click import exceptions
+        from typer._click import exceptions as vendored
+
+        return vendored
     except ImportError:  # pragma: no cover - older typer
-        from click import exceptions
-    return exceptions
+        import click
+
+        return click.exceptions
 
 
 if __name__ == "__main__":

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
-from evalkeeper.core.errors import EvalkeeperError, NotFoundError
+from evalkeeper.core.errors import EvalkeeperError
 from evalkeeper.core.ids import canonical_json, sha256_text
 from evalkeeper.core.records import Decision, MetricResult, Run, utcnow
 from evalkeeper.store import tables as T
