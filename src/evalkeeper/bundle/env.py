@@ -23,18 +23,60 @@ ENV_SCHEMA = "evalkeeper.environment/v1"
 
 # Variables worth recording: they change numerics, threading, caches or which endpoint is used.
 ENV_ALLOW_PREFIXES = (
-    "EVALKEEPER_", "CUDA_", "NVIDIA_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TORCH_", "PYTORCH_",
-    "VLLM_", "XLA_", "NCCL_", "OPENAI_", "ANTHROPIC_", "TOKENIZERS_", "CUBLAS_", "ROCM_", "HIP_",
+    "EVALKEEPER_",
+    "CUDA_",
+    "NVIDIA_",
+    "HF_",
+    "HUGGINGFACE_",
+    "TRANSFORMERS_",
+    "TORCH_",
+    "PYTORCH_",
+    "VLLM_",
+    "XLA_",
+    "NCCL_",
+    "OPENAI_",
+    "ANTHROPIC_",
+    "TOKENIZERS_",
+    "CUBLAS_",
+    "ROCM_",
+    "HIP_",
 )
-ENV_ALLOW_NAMES = frozenset({
-    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "PYTHONHASHSEED", "PYTHONPATH",
-    "VIRTUAL_ENV", "CONDA_DEFAULT_ENV", "CONDA_PREFIX", "LANG", "LC_ALL", "TZ", "KUBERNETES_SERVICE_HOST",
-})
+ENV_ALLOW_NAMES = frozenset(
+    {
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "PYTHONHASHSEED",
+        "PYTHONPATH",
+        "VIRTUAL_ENV",
+        "CONDA_DEFAULT_ENV",
+        "CONDA_PREFIX",
+        "LANG",
+        "LC_ALL",
+        "TZ",
+        "KUBERNETES_SERVICE_HOST",
+    }
+)
 REDACTED = "<redacted>"
-_SECRET_NAME_PARTS = frozenset({
-    "TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASS", "PWD", "CREDENTIAL", "CREDENTIALS", "KEY", "APIKEY",
-    "AUTH", "PRIVATE", "COOKIE", "SESSION", "SIGNATURE",
-})
+_SECRET_NAME_PARTS = frozenset(
+    {
+        "TOKEN",
+        "SECRET",
+        "PASSWORD",
+        "PASSWD",
+        "PASS",
+        "PWD",
+        "CREDENTIAL",
+        "CREDENTIALS",
+        "KEY",
+        "APIKEY",
+        "AUTH",
+        "PRIVATE",
+        "COOKIE",
+        "SESSION",
+        "SIGNATURE",
+    }
+)
 _SECRET_VALUE = re.compile(
     r"^(hf_[A-Za-z0-9]{16,}|sk-[A-Za-z0-9_\-]{16,}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_\w{20,}"
     r"|AKIA[0-9A-Z]{16}|xox[abposr]-[A-Za-z0-9\-]{10,}|glpat-[A-Za-z0-9_\-]{16,}|eyJ[A-Za-z0-9_\-]{10,}\..*)$"
@@ -80,14 +122,16 @@ def redact_value(name: str, value: str) -> str:
     if looks_secret(value):
         return REDACTED
     # query-string tokens (?token=..., &api_key=...)
-    return re.sub(r"(?i)([?&](?:token|key|api_key|apikey|secret|password|sig)=)[^&\s]+", rf"\1{REDACTED}", value)
+    query_secret = r"(?i)([?&](?:token|key|api_key|apikey|secret|password|sig)=)[^&\s]+"
+    return re.sub(query_secret, rf"\1{REDACTED}", value)
 
 
 def captured_env_vars(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The allow-listed variables, redacted."""
     environ = dict(os.environ if environ is None else environ)
     keep = {
-        k: v for k, v in environ.items()
+        k: v
+        for k, v in environ.items()
         if k in ENV_ALLOW_NAMES or any(k.startswith(p) for p in ENV_ALLOW_PREFIXES)
     }
     return {k: redact_value(k, v) for k, v in sorted(keep.items())}
@@ -136,8 +180,11 @@ def installed_packages() -> dict[str, str]:
 
 def _os() -> dict[str, Any]:
     info: dict[str, Any] = {
-        "system": platform.system(), "release": platform.release(), "version": platform.version(),
-        "machine": platform.machine(), "platform": platform.platform(),
+        "system": platform.system(),
+        "release": platform.release(),
+        "version": platform.version(),
+        "machine": platform.machine(),
+        "platform": platform.platform(),
     }
     text = _read("/etc/os-release")
     if text:
@@ -211,8 +258,9 @@ def _gpu() -> dict[str, Any]:
             for line in out.strip().splitlines():
                 parts = [p.strip() for p in line.split(",")]
                 if len(parts) >= 3:
-                    gpu["devices"].append({"name": parts[0], "memory": parts[1],
-                                           "uuid": parts[3] if len(parts) > 3 else None})
+                    gpu["devices"].append(
+                        {"name": parts[0], "memory": parts[1], "uuid": parts[3] if len(parts) > 3 else None}
+                    )
                     gpu["driver"] = parts[2]
             gpu["source"] = "nvidia-smi"
             head = _run(["nvidia-smi"], timeout=5.0) or ""
@@ -234,8 +282,13 @@ def _gpu() -> dict[str, Any]:
 
 
 def _container() -> dict[str, Any]:
-    info: dict[str, Any] = {"in_container": False, "runtime": None, "container_id": None,
-                            "image": None, "image_digest": None}
+    info: dict[str, Any] = {
+        "in_container": False,
+        "runtime": None,
+        "container_id": None,
+        "image": None,
+        "image_digest": None,
+    }
     if os.path.exists("/.dockerenv"):
         info.update(in_container=True, runtime="docker")
     podman = _read("/run/.containerenv")
@@ -295,8 +348,14 @@ def capture_environment(repo_path: str | os.PathLike[str] | None = None) -> dict
         "hostname": platform.node() or None,
     }
     sections = {
-        "python": _python, "packages": installed_packages, "os": _os, "cpu": _cpu, "memory": _memory,
-        "gpu": _gpu, "container": _container, "git": lambda: capture_git(repo_path),
+        "python": _python,
+        "packages": installed_packages,
+        "os": _os,
+        "cpu": _cpu,
+        "memory": _memory,
+        "gpu": _gpu,
+        "container": _container,
+        "git": lambda: capture_git(repo_path),
         "env_vars": captured_env_vars,
     }
     for key, fn in sections.items():
@@ -332,7 +391,8 @@ def summarize_environment(env: dict[str, Any] | None) -> dict[str, Any]:
         "container": cont.get("runtime") if cont.get("in_container") else "none",
         "image_digest": cont.get("image_digest"),
         "git": f"{git.get('commit', '')[:12]}{' (dirty)' if git.get('dirty') else ''} on {git.get('branch')}"
-        if git.get("commit") else None,
+        if git.get("commit")
+        else None,
         "packages": len(pk) if isinstance(pk, dict) else None,
         "evalkeeper": env.get("evalkeeper_version"),
     }
@@ -340,8 +400,22 @@ def summarize_environment(env: dict[str, Any] | None) -> dict[str, Any]:
 
 # Packages whose version changes can move scores (numerics, tokenization, generation defaults).
 SCORE_RELEVANT_PACKAGES = (
-    "torch", "transformers", "tokenizers", "accelerate", "numpy", "scipy", "vllm", "gguf", "sentencepiece",
-    "llama-cpp-python", "datasets", "evalkeeper", "safetensors", "flash-attn", "triton", "jinja2",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "accelerate",
+    "numpy",
+    "scipy",
+    "vllm",
+    "gguf",
+    "sentencepiece",
+    "llama-cpp-python",
+    "datasets",
+    "evalkeeper",
+    "safetensors",
+    "flash-attn",
+    "triton",
+    "jinja2",
 )
 
 
@@ -361,7 +435,9 @@ def diff_environments(old: dict[str, Any] | None, new: dict[str, Any] | None) ->
     opk, npk = old.get("packages") or {}, new.get("packages") or {}
     for name in SCORE_RELEVANT_PACKAGES:
         cmp(f"package {name}", opk.get(name), npk.get(name))
-    others = sorted(k for k in set(opk) | set(npk) if k not in SCORE_RELEVANT_PACKAGES and opk.get(k) != npk.get(k))
+    others = sorted(
+        k for k in set(opk) | set(npk) if k not in SCORE_RELEVANT_PACKAGES and opk.get(k) != npk.get(k)
+    )
     if others:
         shown = ", ".join(f"{k} {opk.get(k)}->{npk.get(k)}" for k in others[:10])
         out.append(f"{len(others)} other package(s) differ: {shown}{' ...' if len(others) > 10 else ''}")
