@@ -35,7 +35,10 @@ def test_capture_has_every_section_and_is_fast(tmp_path: Path) -> None:
 
 
 def test_capture_does_not_import_torch() -> None:
-    code = "import sys; from evalkeeper.bundle import capture_environment as c; c(); print('torch' in sys.modules)"
+    code = (
+        "import sys; from evalkeeper.bundle import capture_environment as c; c(); "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -29,6 +29,7 @@ IMPORTER_SPECS: list[str] = [
     "evalkeeper.ingest.lighteval:LightevalImporter",
     "evalkeeper.ingest.lm_eval:LmEvalImporter",
     "evalkeeper.ingest.inspect:InspectImporter",
+    "evalkeeper.bundle.importer:BundleImporter",
 ]
 
 
