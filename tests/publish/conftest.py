@@ -1,0 +1,130 @@
+"""Fixtures for publish tests: a run with a gate verdict and a report, local peers (MLflow server, Hub, receiver)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import make_run
+
+from evalkeeper.core.ids import new_id
+from evalkeeper.core.records import Decision, Run
+from evalkeeper.store import Workspace
+
+
+@pytest.fixture()
+def run_with_gate(workspace: Workspace) -> Run:
+    """A 2-task run (40 samples each) with a failing gate decision and a Markdown report in its run folder."""
+    run = make_run(workspace, tasks=("arith", "mc"), n=40, seed=3, p={"arith": 0.6, "mc": 0.8}, model="smol-135m")
+    workspace.append_decision(Decision(decision_id=new_id("dec"), kind="gate", subject=run.run_id, verdict="pass",
+                                       details={"summary": "old verdict"}))
+    workspace.append_decision(Decision(decision_id=new_id("dec"), kind="gate", subject=run.run_id, verdict="fail",
+                                       details={"summary": "arith/acc below 0.65", "failed_rules": ["min-arith"]}))
+    (workspace.run_dir(run.run_id) / "report.md").write_text("# Report\n\narith acc 0.6\n")
+    return run
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Recorder:
+    """What a local HTTP peer received."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+    def add(self, **kw: Any) -> None:
+        with self.lock:
+            self.requests.append(kw)
+
+
+def serve(handler_factory: Any, host: str = "127.0.0.1") -> tuple[ThreadingHTTPServer, int]:
+    server = ThreadingHTTPServer((host, 0), handler_factory)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, int(server.server_address[1])
+
+
+@pytest.fixture()
+def receiver() -> Iterator[tuple[str, Recorder, dict[str, Any]]]:
+    """A webhook receiver on loopback. `behaviour` maps a path to (status, headers) to answer with."""
+    rec = Recorder()
+    behaviour: dict[str, Any] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            rec.add(path=self.path, headers=dict(self.headers), body=body)
+            plan = behaviour.get(self.path, (200, {}))
+            if isinstance(plan, list):  # a sequence of answers, one per request
+                plan = plan.pop(0) if len(plan) > 1 else plan[0]
+            status, headers = plan
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+    server, port = serve(Handler)
+    yield f"http://127.0.0.1:{port}", rec, behaviour
+    server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` on a free loopback port (started once per session; slow to boot)."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    exe = Path(sys.executable).parent / "mlflow"
+    log = open(root / "server.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "art")],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
+    url = f"http://127.0.0.1:{port}"
+    import httpx
+
+    deadline = time.monotonic() + 240
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("mlflow server did not become healthy in 240 s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def read_json(body: bytes) -> Any:
+    return json.loads(body.decode("utf-8"))
