@@ -75,6 +75,7 @@ def generate_keys(out_dir: str | os.PathLike[str], *, force: bool = False) -> Ke
         os.umask(old_umask)
     os.chmod(priv_path, 0o600)
     atomic_write_bytes(pub_path, pub)
+    os.chmod(pub_path, 0o644)
     return KeyPair(priv_path, pub_path, key_id(key.public_key()))
 
 
