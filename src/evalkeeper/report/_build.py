@@ -15,6 +15,7 @@ from ._charts import fmt
 from ._model import (
     Comparison,
     ComparisonRow,
+    Direction,
     EnvironmentSummary,
     Estimate,
     ExecutiveSummary,
@@ -23,10 +24,13 @@ from ._model import (
     MetricRow,
     ReportData,
     RunSummary,
+    SliceRow,
+    WorstSample,
 )
 from ._queries import Z95, metric_estimates, slice_rows, worst_samples
 
 _FLIP_IDS = 10
+_DIRECTIONS: dict[str, Direction] = {"better": "improved", "worse": "regressed"}
 
 
 def evalkeeper_version() -> str:
@@ -129,7 +133,7 @@ def comparison_section(
     result = comparison or compare_runs(ws, base.run_id, run.run_id, max_flip_ids=_FLIP_IDS)
     rows = []
     for r in result.rows:
-        direction = {"better": "improved", "worse": "regressed"}.get(r.direction, "unchanged")
+        direction: Direction = _DIRECTIONS.get(r.direction, "unchanged")
         rows.append(
             ComparisonRow(
                 task=r.task,
@@ -244,7 +248,7 @@ def environment_section(run: Run) -> EnvironmentSummary | None:
         return None
     from evalkeeper.bundle.env import SCORE_RELEVANT_PACKAGES, summarize_environment
 
-    items = {
+    items: dict[str, str | int | float | bool | None] = {
         k: v
         for k, v in summarize_environment(run.environment).items()
         if v is not None and isinstance(v, (str, int, float, bool))
@@ -337,8 +341,8 @@ def build_report(
     """
     run = ws.get_run(run_ref)
     metrics, primary, notes = metric_rows(ws, run)
-    slices: list = []
-    worst: list = []
+    slices: list[SliceRow] = []
+    worst: list[WorstSample] = []
     if run.n_samples:
         slices, slice_notes = slice_rows(ws, run, primary)
         notes.extend(slice_notes)

@@ -64,7 +64,7 @@ def _domain(bars: list[Bar], include_zero: bool, symmetric: bool) -> tuple[float
 def _ticks(lo: float, hi: float) -> list[float]:
     step = _nice_step(hi - lo)
     first = math.ceil(lo / step - 1e-9) * step
-    out = []
+    out: list[float] = []
     t = first
     while t <= hi + step * 1e-6 and len(out) < 20:
         out.append(round(t, 10))

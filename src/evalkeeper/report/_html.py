@@ -89,15 +89,17 @@ def _badge_class(kind: str) -> str:
     return "neutral"
 
 
+def _is_p_value(key: str) -> bool:
+    k = key.lower()
+    return k in {"p", "p_value", "pvalue", "p_adjusted", "p_corrected", "p_raw"} or k.startswith("p_")
+
+
 def _evidence(ev: dict[str, Any]) -> str:
+    """Gate evidence as `key=value; ...`, p-values printed as p-values, other floats to 3 decimals."""
     parts = []
     for k, v in ev.items():
         if isinstance(v, float):
-            v = (
-                _pval(v)
-                if k.startswith("p") and "value" in k or k in {"p", "p_adjusted", "p_corrected"}
-                else fmt(v)
-            )
+            v = _pval(v) if _is_p_value(k) else fmt(v)
         elif isinstance(v, (dict, list)):
             v = json.dumps(v, default=str)[:160]
         parts.append(f"{k}={v}")

@@ -25,10 +25,10 @@ class Estimate(_Strict):
     """A number with its uncertainty: every value in a report carries one."""
 
     value: float = Field(description="point estimate (a mean over samples, or the source's reported value)")
-    stderr: float | None = Field(None, description="standard error of the estimate, when known")
-    ci_low: float | None = Field(None, description="lower bound of the 95% confidence interval")
-    ci_high: float | None = Field(None, description="upper bound of the 95% confidence interval")
-    n: int | None = Field(None, description="number of items behind the estimate")
+    stderr: float | None = Field(default=None, description="standard error of the estimate, when known")
+    ci_low: float | None = Field(default=None, description="lower bound of the 95% confidence interval")
+    ci_high: float | None = Field(default=None, description="upper bound of the 95% confidence interval")
+    n: int | None = Field(default=None, description="number of items behind the estimate")
     method: str = Field(
         "source", description="how the interval was obtained: clt, clustered, bootstrap, source"
     )
@@ -73,7 +73,7 @@ class WorstSample(_Strict):
     score: float | None
     input: str = Field(description="model input, truncated to a few hundred characters")
     target: str | None = None
-    prediction: str | None = Field(None, description="model output, truncated; rendered escaped")
+    prediction: str | None = Field(default=None, description="model output, truncated; rendered escaped")
 
 
 class ComparisonRow(_Strict):
@@ -86,7 +86,7 @@ class ComparisonRow(_Strict):
     diff: Estimate = Field(description="mean paired difference (candidate - baseline) with its 95% CI")
     n_paired: int
     p_value: float | None = None
-    p_adjusted: float | None = Field(None, description="p-value corrected for multiple comparisons")
+    p_adjusted: float | None = Field(default=None, description="p-value corrected for multiple comparisons")
     significant: bool = False
     direction: Direction = "unchanged"
     flips_to_wrong: int | None = Field(
@@ -98,7 +98,7 @@ class ComparisonRow(_Strict):
     flip_ids_to_wrong: list[str] = Field(
         default_factory=list, description="first ids that went right -> wrong"
     )
-    test: str | None = Field(None, description="the paired test that produced p_value")
+    test: str | None = Field(default=None, description="the paired test that produced p_value")
 
 
 class Comparison(_Strict):
@@ -107,7 +107,7 @@ class Comparison(_Strict):
     )
     baseline_run_id: str
     baseline_model: str
-    correction: str | None = Field(None, description="multiple-comparison correction (holm, bh, none)")
+    correction: str | None = Field(default=None, description="multiple-comparison correction (holm, bh, none)")
     alpha: float = 0.05
     rows: list[ComparisonRow] = Field(default_factory=list)
 
