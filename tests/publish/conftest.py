@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import make_run
 
 from evalkeeper.core.ids import new_id
 from evalkeeper.core.records import Decision, Run
 from evalkeeper.store import Workspace
+from helpers import make_run
 
 
 @pytest.fixture()
@@ -89,10 +89,11 @@ def receiver() -> Iterator[tuple[str, Recorder, dict[str, Any]]]:
     server.shutdown()
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `mlflow server` on a free loopback port (started once per session; slow to boot)."""
-    root = tmp_path_factory.mktemp("mlflow")
+_MLFLOW: dict[str, Any] = {}
+
+
+def _start_mlflow(root: Path) -> None:
+    """Launch `mlflow server` (not waiting for it): it takes many seconds to boot, so start it early."""
     port = free_port()
     exe = Path(sys.executable).parent / "mlflow"
     log = open(root / "server.log", "wb")  # noqa: SIM115
@@ -100,10 +101,30 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         [str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "art")],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
-    url = f"http://127.0.0.1:{port}"
+    _MLFLOW.update(proc=proc, url=f"http://127.0.0.1:{port}", root=root, log=log)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Boot the MLflow server while the other tests run, if any selected test needs it."""
+    if not _MLFLOW and any("mlflow_server" in getattr(i, "fixturenames", ()) for i in items):
+        import tempfile
+
+        _start_mlflow(Path(tempfile.mkdtemp(prefix="evalkeeper-mlflow-")))
+
+
+@pytest.fixture(scope="session")
+def mlflow_server() -> Iterator[str]:
+    """A real `mlflow server` on a free loopback port (one per session), its URL."""
+    import shutil
+
     import httpx
 
-    deadline = time.monotonic() + 240
+    if not _MLFLOW:
+        import tempfile
+
+        _start_mlflow(Path(tempfile.mkdtemp(prefix="evalkeeper-mlflow-")))
+    proc, url, root = _MLFLOW["proc"], _MLFLOW["url"], _MLFLOW["root"]
+    deadline = time.monotonic() + 300
     try:
         while True:
             if proc.poll() is not None:
@@ -114,7 +135,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail("mlflow server did not become healthy in 240 s")
+                pytest.fail("mlflow server did not become healthy in 300 s")
             time.sleep(0.5)
         yield url
     finally:
@@ -123,7 +144,8 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.wait(timeout=20)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+        _MLFLOW["log"].close()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def read_json(body: bytes) -> Any:
