@@ -54,7 +54,8 @@ def publish(
             table.add_row(escape(o.sink), escape(o.target), status, str(o.attempts), escape(what))
         console().print(table)
     if not result.ok:
-        raise typer.Exit(1)
+        # SystemExit, not typer.Exit: main() runs click in non-standalone mode, which turns Exit into a return
+        raise SystemExit(1)
 
 
 @sinks_app.command("list")
