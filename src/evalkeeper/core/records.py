@@ -111,6 +111,7 @@ class MetricResult(Record):
     n: int | None = None
     method: str = "source"  # source | clt | clustered | bootstrap | binomial
     higher_is_better: bool | None = None
+    source_stderr: float | None = None  # an importer's carried-over stderr when `stderr` was recomputed
 
 
 class Event(Record):
