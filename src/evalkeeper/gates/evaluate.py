@@ -14,85 +14,26 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
 
 from evalkeeper.core.errors import ConfigError, EvalkeeperError, NotFoundError
-from evalkeeper.core.records import Run, utcnow
+from evalkeeper.core.records import Run
 from evalkeeper.stats import (
     adjust_pvalues,
     bootstrap_se,
     clt_se,
     clustered_se,
-    is_binary,
     minimum_detectable_effect,
     omega2_unpaired,
-    paired_difference,
     required_n,
 )
 
 from ._data import SampleFilter, ScoreData
+from ._models import GateReport, Verdict
+from ._regression import decide_regression, regression_evidence
 from .policy import Policy, Rule
-
-Status = Literal["pass", "fail", "warn"]
-
-
-class Verdict(BaseModel):
-    """One rule applied to one task: the outcome and the numbers behind it."""
-
-    rule_id: str
-    kind: str
-    status: Status = "pass"  # warn = a failing rule of severity 'warning'
-    reason: str = ""
-    task: str | None = None
-    metric: str | None = None
-    subset: str | None = None  # the filter of a rate rule
-    estimate: float | None = None
-    se: float | None = None
-    se_method: str | None = None
-    ci_low: float | None = None
-    ci_high: float | None = None
-    ci_level: float | None = None  # two-sided level; 1 - 2*alpha for no_regression (matches the one-sided test)
-    n: int | None = None
-    bound_min: float | None = None
-    bound_max: float | None = None
-    on: str | None = None
-    baseline_run: str | None = None
-    baseline_estimate: float | None = None
-    diff: float | None = None  # candidate - baseline
-    max_drop: float | None = None
-    n_paired: int | None = None
-    test: str | None = None
-    p_value: float | None = None
-    p_corrected: float | None = None
-    alpha: float | None = None
-    significant: bool | None = None
-    warnings: list[str] = Field(default_factory=list)
-    details: dict[str, Any] = Field(default_factory=dict)
-    rule: dict[str, Any] = Field(default_factory=dict)
-    line: int | None = None
-
-
-class GateReport(BaseModel):
-    run_id: str
-    policy_name: str
-    policy_source: str
-    policy_sha256: str
-    correction: str
-    passed: bool
-    verdicts: list[Verdict]
-    baselines: dict[str, str] = Field(default_factory=dict)  # reference as written -> run id
-    n_failed: int = 0
-    n_warnings: int = 0
-    evaluated_at: str = Field(default_factory=lambda: utcnow().isoformat())
-    elapsed_s: float = 0.0
-    decision_id: str | None = None
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.passed else 1
 
 
 def _f(x: float | None) -> float | None:
@@ -261,29 +202,18 @@ class _Evaluator:
                                   hint="sample ids must match; compare runs of the same dataset")
         v = self._base(rule, task, metric)
         alpha = v.alpha or self.policy.alpha
-        hib = self.higher_is_better(task, metric)
-        test = rule.get("test", "auto")
-        res = paired_difference(va, vb, alpha=alpha, test=test, alternative="less" if hib else "greater",
-                                n_perm=int(rule.get("n_perm", 10_000)), seed=0)
+        regression_evidence(v, va, vb, alpha=alpha, max_drop=float(rule.get("max_drop", 0.0)),
+                            test=rule.get("test", "auto"), higher_is_better=self.higher_is_better(task, metric),
+                            n_perm=int(rule.get("n_perm", 10_000)))
         full = self.data.values(self.run.run_id, task, metric, filt)
-        v.baseline_run, v.subset = base_id, filt.describe() or None
-        v.estimate, v.baseline_estimate, v.diff = float(vb.mean()), float(va.mean()), res.mean_diff
-        v.n, v.n_paired, v.test, v.p_value = int(full.size), res.n, res.method, res.p_value
-        # the CI shown is two-sided at 1 - 2 alpha: its bound is the one-sided test's bound at alpha
-        ci = paired_difference(va, vb, alpha=min(2 * alpha, 0.5), test="t")
-        v.se, v.ci_low, v.ci_high, v.ci_level = _f(res.se), _f(ci.ci_low), _f(ci.ci_high), 1.0 - min(2 * alpha, 0.5)
-        v.max_drop = float(rule.get("max_drop", 0.0))
-        v.details["higher_is_better"] = hib
-        v.details["drop"] = -res.mean_diff if hib else res.mean_diff
-        if is_binary(va) and is_binary(vb):
-            v.details["n_right_to_wrong"] = int(np.count_nonzero((va == 1) & (vb == 0)))
-            v.details["n_wrong_to_right"] = int(np.count_nonzero((va == 0) & (vb == 1)))
-        if res.n < full.size:
-            v.warnings.append(f"only {res.n} of {full.size} samples are shared with the baseline")
-        detect = rule.get("detect") or (v.max_drop if v.max_drop > 0 else None)
-        if detect and res.n > 1:
+        v.baseline_run, v.subset, v.n = base_id, filt.describe() or None, int(full.size)
+        if va.size < full.size:
+            v.warnings.append(f"only {va.size} of {full.size} samples are shared with the baseline")
+        res_n = int(va.size)
+        detect = rule.get("detect") or (v.max_drop if v.max_drop else None)
+        if detect and res_n > 1:
             omega2 = float(np.var(vb - va, ddof=1))
-            self._power_check(v, res.n, omega2, float(detect), alpha, rule, "paired differences")
+            self._power_check(v, res_n, omega2, float(detect), alpha, rule, "paired differences")
         self.tested.append(v)
         return v
 
@@ -358,7 +288,7 @@ class _Evaluator:
             if v.kind in ("threshold", "rate"):
                 self._decide_bounded(v)
             elif v.kind == "no_regression":
-                self._decide_regression(v)
+                decide_regression(v)
             self._severity(v, rules[v.rule_id])
 
     @staticmethod
@@ -385,29 +315,6 @@ class _Evaluator:
             what = f"estimate {est:.4f} {'meets' if ok else 'violates'} {bounds}"
         v.status = "pass" if ok else "fail"
         v.reason = what
-
-    @staticmethod
-    def _decide_regression(v: Verdict) -> None:
-        alpha = v.alpha or 0.05
-        drop = float(v.details.get("drop", 0.0))
-        tol = v.max_drop or 0.0
-        v.significant = (v.p_corrected if v.p_corrected is not None else 1.0) < alpha
-        exceeds = drop > tol
-        p = f"p_corr={v.p_corrected:.3g}, {v.test}"
-        if drop <= 0:
-            v.status, v.reason = "pass", f"no drop: candidate is {-drop:+.4f} vs baseline ({p})"
-        elif v.significant and exceeds:
-            v.status = "fail"
-            v.reason = f"drop {drop:.4f} is significant ({p}) and larger than the tolerance {tol:.4f}"
-        elif v.significant:
-            v.status = "pass"
-            v.reason = f"drop {drop:.4f} is significant ({p}) but within the tolerance {tol:.4f}"
-        elif exceeds:
-            v.status = "pass"
-            v.reason = f"drop {drop:.4f} exceeds the tolerance {tol:.4f} but is not significant ({p})"
-        else:
-            v.status = "pass"
-            v.reason = f"drop {drop:.4f} is within the tolerance {tol:.4f} and not significant ({p})"
 
 
 def evaluate_policy(ws: Any, run: str | Run, policy: Policy, baseline: str | None = None) -> GateReport:

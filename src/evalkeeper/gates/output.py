@@ -9,7 +9,7 @@ from typing import Any
 
 from evalkeeper.core.atomic import atomic_write_text
 
-from .evaluate import GateReport, Verdict
+from ._models import GateReport, Verdict
 
 
 def _num(x: float | None, digits: int = 4) -> str:

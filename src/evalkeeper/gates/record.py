@@ -9,7 +9,8 @@ from evalkeeper.core.errors import EvalkeeperError
 from evalkeeper.core.ids import new_id
 from evalkeeper.core.records import Decision
 
-from .evaluate import GateReport, evaluate_policy
+from ._models import GateReport
+from .evaluate import evaluate_policy
 from .policy import Policy
 
 
