@@ -38,6 +38,40 @@ except ImportError:  # pragma: no cover - orjson is a dependency; the stdlib is 
         return json.loads(data)
 
 
+# (events key, model_usage key) as inspect writes them: compact (current) and indented (older versions)
+_CUT_KEYS = ((b',"events":', b',"model_usage":'), (b',\n  "events": ', b',\n  "model_usage": '))
+
+
+def parse_sample(raw: bytes) -> Any:
+    """Parse one `samples/*.json` member, skipping its `events` array when that can be done safely.
+
+    Events are most of a sample's bytes and evalkeeper keeps none of them. inspect writes the fields in
+    order (..., metadata, store, events, [timelines,] model_usage, ...), so the object is parsed as two
+    cuts: everything before `,"events":` closed with `}`, and everything from the last `,"model_usage":`
+    (events hold nested ones) opened with `{`. A cut parses only if it sits at the top level of the
+    object (a cut inside a nested value leaves brackets unbalanced, and the keys cannot occur unescaped
+    inside strings), so any surprise falls back to parsing the whole member. The CRC check of the zip
+    member already vouches for the skipped bytes.
+    """
+    for events_key, usage_key in _CUT_KEYS:
+        i = raw.find(events_key)
+        if i <= 0:
+            continue
+        j = raw.rfind(usage_key, i)
+        if j <= 0:
+            break
+        try:
+            head = loads(raw[:i] + b"}")
+            tail = loads(b"{" + raw[j + 1 :])
+        except ValueError:
+            break
+        if isinstance(head, dict) and isinstance(tail, dict):
+            head.update(tail)
+            return head
+        break
+    return loads(raw)
+
+
 # inspect_ai's value_to_float sentinels
 _SENTINELS = {"C": 1.0, "P": 0.5, "I": 0.0, "N": 0.0}
 _GROUP_MAX_CHARS = 64
@@ -49,7 +83,8 @@ def value_to_float(value: Any) -> float | None:
     Unlike inspect (which warns and returns 0), values that are not scalars (lists, dicts, None, text
     that is no number) give None: the sample has no such score rather than a made-up zero.
     """
-    if isinstance(value, str):
+    t = type(value)
+    if t is str:
         hit = _SENTINELS.get(value)
         if hit is not None:
             return hit
@@ -63,9 +98,9 @@ def value_to_float(value: Any) -> float | None:
         except ValueError:
             return None
         return f if math.isfinite(f) else None
-    if isinstance(value, bool):
-        return 1.0 if value else 0.0
-    if isinstance(value, int | float):
+    if t is int or t is float or t is bool:
+        return float(value)
+    if isinstance(value, int | float):  # subclasses
         return float(value)
     return None
 
@@ -130,13 +165,15 @@ def sample_scores(scores: Any) -> tuple[dict[str, float], dict[str, Any]]:
     """Per-scorer floats, plus the answers/explanations/raw values worth keeping in metadata."""
     out: dict[str, float] = {}
     extra: dict[str, Any] = {}
-    if not isinstance(scores, dict):
+    if type(scores) is not dict:
         return out, extra
+    answers: dict[str, Any] = {}
+    explanations: dict[str, Any] = {}
     for name, score in scores.items():
-        if not isinstance(score, dict):
+        if type(score) is not dict:
             continue
         value = score.get("value")
-        if isinstance(value, dict):  # one scorer, several named values (inspect scores each key)
+        if type(value) is dict:  # one scorer, several named values (inspect scores each key)
             for key, v in value.items():
                 f = value_to_float(v)
                 if f is not None:
@@ -149,28 +186,33 @@ def sample_scores(scores: Any) -> tuple[dict[str, float], dict[str, Any]]:
                 extra.setdefault("values", {})[name] = value
         answer = score.get("answer")
         if answer is not None:
-            extra.setdefault("answers", {})[name] = answer
+            answers[name] = answer
         explanation = score.get("explanation")
         if explanation is not None and explanation != answer:
-            extra.setdefault("explanations", {})[name] = explanation
+            explanations[name] = explanation
+    if answers:
+        extra["answers"] = answers
+    if explanations:
+        extra["explanations"] = explanations
     return out, extra
 
 
 def _usage_tokens(sample: dict[str, Any]) -> tuple[int | None, int | None]:
+    """Tokens over all models the sample used (input counts cache reads/writes, as inspect defines it)."""
     usage = sample.get("model_usage")
-    items = list(usage.values()) if isinstance(usage, dict) and usage else []
-    if not items:
+    if not usage or type(usage) is not dict:
         output = sample.get("output")
-        u = output.get("usage") if isinstance(output, dict) else None
-        items = [u] if isinstance(u, dict) else []
-    if not items:
-        return None, None
+        u = output.get("usage") if type(output) is dict else None
+        if type(u) is not dict:
+            return None, None
+        usage = {"": u}
     tin = tout = 0
-    for u in items:
-        if isinstance(u, dict):
-            tin += int(u.get("input_tokens") or 0) + int(u.get("input_tokens_cache_read") or 0) \
-                + int(u.get("input_tokens_cache_write") or 0)
+    for u in usage.values():
+        if type(u) is dict:
+            tin += int(u.get("input_tokens") or 0)
             tout += int(u.get("output_tokens") or 0)
+            if len(u) > 3:
+                tin += int(u.get("input_tokens_cache_read") or 0) + int(u.get("input_tokens_cache_write") or 0)
     return tin, tout
 
 
@@ -192,47 +234,59 @@ class RowBuilder:
 
     def add(self, s: dict[str, Any]) -> None:
         sid = s["id"]
-        if not isinstance(sid, str | int) or isinstance(sid, bool):
-            raise ValueError(f"sample id must be a string or integer, got {type(sid).__name__}")
-        sample_id = str(sid)
+        t = type(sid)
+        if t is str:
+            sample_id = sid
+        elif t is int:
+            sample_id = str(sid)
+        else:
+            raise ValueError(f"sample id must be a string or integer, got {t.__name__}")
         epoch = s.get("epoch", 1)
-        if not isinstance(epoch, int) or isinstance(epoch, bool):
+        if type(epoch) is not int:
             raise ValueError(f"epoch must be an integer, got {type(epoch).__name__}")
         scores, extra = sample_scores(s.get("scores"))
         meta = s.get("metadata")
-        meta = dict(meta) if isinstance(meta, dict) else {}
-        group = [(k, v if isinstance(v, str) else str(v).lower()) for k, v in meta.items()
-                 if isinstance(v, str | bool) and len(str(v)) <= _GROUP_MAX_CHARS]
+        if type(meta) is dict and meta:
+            meta = dict(meta)
+            group = [(k, v if type(v) is str else str(v).lower()) for k, v in meta.items()
+                     if (type(v) is str and len(v) <= _GROUP_MAX_CHARS) or type(v) is bool]
+        else:
+            meta, group = {}, []
         error = s.get("error")
         if error:
-            extra["error"] = error.get("message") if isinstance(error, dict) else str(error)
+            extra["error"] = error.get("message") if type(error) is dict else str(error)
         if s.get("limit"):
             extra["limit"] = s["limit"]
-        if s.get("uuid"):
-            extra["uuid"] = s["uuid"]
+        uuid = s.get("uuid")
+        if uuid:
+            extra["uuid"] = uuid
         if extra:
             meta["inspect"] = extra
         tin, tout = _usage_tokens(s)
         total_time = s.get("total_time")
+        if type(total_time) is not float and type(total_time) is not int:
+            total_time = None
+        inp = s.get("input")
         c = self.cols
         c["task"].append(self.task)
         c["sample_id"].append(sample_id)
         c["epoch"].append(epoch - 1)  # inspect counts epochs from 1, we from 0
-        c["input"].append(render_input(s.get("input")))
+        c["input"].append(inp if type(inp) is str else render_input(inp))
         c["target"].append(render_target(s.get("target")))
         c["prediction"].append(prediction(s.get("output")))
         c["scores"].append(list(scores.items()))
         c["logprobs"].append(None)
         c["group"].append(group)
         c["metadata"].append(dumps(meta) if meta else None)
-        c["latency_ms"].append(total_time * 1000.0 if isinstance(total_time, int | float) else None)
+        c["latency_ms"].append(None if total_time is None else total_time * 1000.0)
         c["tokens_in"].append(tin)
         c["tokens_out"].append(tout)
         idx = self._id_index.setdefault(sample_id, len(self._id_index))
+        score_ids = self._score_ids
         for name, v in scores.items():
-            ids = self._score_ids.get(name)
+            ids = score_ids.get(name)
             if ids is None:
-                ids = self._score_ids[name] = array("q")
+                ids = score_ids[name] = array("q")
                 self._score_vals[name] = array("d")
             ids.append(idx)
             self._score_vals[name].append(v)
@@ -241,7 +295,10 @@ class RowBuilder:
         n = len(self)
         arrays = [pa.array([run_id] * n, pa.string())]
         for field in self.schema:
-            if field.name != "run_id":
+            if field.name == "task":
+                arrays.append(pa.array([self.task] * n, field.type))
+                self.cols["task"] = []
+            elif field.name != "run_id":
                 arrays.append(pa.array(self.cols[field.name], field.type))
                 self.cols[field.name] = []
         self.n_rows += n

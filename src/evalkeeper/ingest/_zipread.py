@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+import numpy as np
 import zstandard
 
 from evalkeeper.core.errors import ImportFormatError
@@ -226,3 +228,53 @@ class ZipReader:
         if zlib.crc32(out) != m.crc:
             raise self._fail(f"member {m.name!r} fails its CRC check")
         return out
+
+
+class MemberIndex:
+    """A compact list of members (columns of machine ints, names in one blob): a million entries cost
+    tens of MB instead of the hundreds that `Member` objects would. Iterating yields `Member`s in archive
+    order; when a name occurs more than once only its last entry is kept (what name lookup in a zip
+    resolves to, and how inspect re-logs a sample)."""
+
+    def __init__(self) -> None:
+        self._names = bytearray()
+        self._name_end = array("q")
+        self._ints = array("q")  # method, flags, crc, compressed_size, file_size, header_offset per member
+        self._hashes = array("q")
+
+    def add(self, m: Member) -> None:
+        raw = m.name.encode()
+        self._names += raw
+        self._name_end.append(len(self._names))
+        self._ints.extend((m.method, m.flags, m.crc, m.compressed_size, m.file_size, m.header_offset))
+        self._hashes.append(hash(raw))
+
+    def __len__(self) -> int:
+        return len(self._name_end)
+
+    def _member(self, k: int) -> Member:
+        start = self._name_end[k - 1] if k else 0
+        name = self._names[start : self._name_end[k]].decode()
+        method, flags, crc, csize, usize, offset = self._ints[6 * k : 6 * k + 6]
+        return Member(name, method, flags, crc, csize, usize, offset)
+
+    def _superseded(self) -> set[int]:
+        """Positions of entries whose name occurs again later."""
+        hashes = np.frombuffer(self._hashes, dtype=np.int64)
+        if len(hashes) < 2:
+            return set()
+        uniq, counts = np.unique(hashes, return_counts=True)
+        dup_hashes = set(uniq[counts > 1].tolist())
+        if not dup_hashes:
+            return set()
+        last: dict[str, int] = {}
+        for k in np.flatnonzero(np.isin(hashes, list(dup_hashes))).tolist():
+            last[self._member(k).name] = k  # hash collisions are told apart by the real names here
+        return {k for k in np.flatnonzero(np.isin(hashes, list(dup_hashes))).tolist()
+                if last[self._member(k).name] != k}
+
+    def __iter__(self) -> Iterator[Member]:
+        skip = self._superseded()
+        for k in range(len(self)):
+            if k not in skip:
+                yield self._member(k)

@@ -18,8 +18,8 @@ import pyarrow as pa
 from evalkeeper.core.errors import ImportFormatError
 from evalkeeper.core.ids import new_run_id, sha256_file
 from evalkeeper.core.records import MetricResult, ModelInfo, Provenance, Run, TaskInfo
-from evalkeeper.ingest._inspect_rows import RowBuilder, loads
-from evalkeeper.ingest._zipread import ZipReader
+from evalkeeper.ingest._inspect_rows import RowBuilder, loads, parse_sample
+from evalkeeper.ingest._zipread import Member, MemberIndex, ZipReader
 from evalkeeper.ingest.base import ImportedRun, apply_clt
 
 __all__ = ["InspectImporter"]
@@ -244,14 +244,21 @@ class _Log:
                 raise ImportFormatError(f"{where}: a sample should be a JSON object", path=str(self.path))
             try:
                 rows.add(sample)
-            except (KeyError, TypeError, ValueError, AttributeError) as e:
+            except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
                 what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
                 raise ImportFormatError(f"{where}: not an inspect_ai sample ({what})", path=str(self.path)) from None
             if len(rows) >= BATCH_ROWS:
-                yield rows.take(self.run_id)
+                yield self._take(rows)
         if len(rows):
-            yield rows.take(self.run_id)
+            yield self._take(rows)
         self._finish(rows)
+
+    def _take(self, rows: RowBuilder) -> pa.Table:
+        try:
+            return rows.take(self.run_id)
+        except (pa.ArrowException, OverflowError) as e:
+            raise ImportFormatError(f"sample values out of range for the sample table ({e})",
+                                    path=str(self.path)) from None
 
     def _finish(self, rows: RowBuilder) -> None:
         """Every sample seen: recompute CLT stderr/CI where a metric is the mean of its sample scores."""
@@ -266,12 +273,16 @@ class _EvalZipLog(_Log):
     """A `.eval` zip; `header.json` when the eval finished, else `_journal/start.json` (still running)."""
 
     def header(self) -> dict[str, Any]:
+        # one pass over the central directory: the header member, and a compact index of the samples
+        self._samples = MemberIndex()
+        wanted: dict[str, Member] = {}
         with ZipReader(self.path) as z:
-            wanted = {"header.json": None, "_journal/start.json": None}
             for m in z.members():
-                if m.name in wanted:
-                    wanted[m.name] = m  # type: ignore[assignment]
-            member = wanted["header.json"] or wanted["_journal/start.json"]
+                if _SAMPLE_MEMBER.match(m.name):
+                    self._samples.add(m)
+                elif m.name in ("header.json", "_journal/start.json"):
+                    wanted[m.name] = m
+            member = wanted.get("header.json") or wanted.get("_journal/start.json")
             if member is None:
                 raise ImportFormatError("not an inspect_ai .eval log: no header.json or _journal/start.json",
                                         path=str(self.path))
@@ -282,9 +293,9 @@ class _EvalZipLog(_Log):
             data = {**data, "status": "started"}
         return data
 
-    def _json(self, raw: bytes, name: str) -> Any:
+    def _json(self, raw: bytes, name: str, parse: Any = loads) -> Any:
         try:
-            return loads(raw)
+            return parse(raw)
         except UnicodeDecodeError:
             raise ImportFormatError(f"member {name!r} is not UTF-8 JSON", path=str(self.path)) from None
         except ValueError as e:
@@ -294,14 +305,8 @@ class _EvalZipLog(_Log):
 
     def samples(self) -> Iterator[tuple[str, dict[str, Any]]]:
         with ZipReader(self.path) as z:
-            # A re-logged sample appends a second member with the same name; like inspect, keep the last.
-            members = [m for m in z.members() if _SAMPLE_MEMBER.match(m.name)]
-            last = {m.name: i for i, m in enumerate(members)}
-            if len(last) != len(members):
-                members = [m for i, m in enumerate(members) if last[m.name] == i]
-            del last
-            for m in members:
-                yield f"member {m.name!r}", self._json(z.read(m), m.name)
+            for m in self._samples:
+                yield f"member {m.name!r}", self._json(z.read(m), m.name, parse_sample)
 
 
 class _JsonLog(_Log):
