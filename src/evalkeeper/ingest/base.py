@@ -29,6 +29,7 @@ __all__ = [
     "Importer",
     "apply_clt",
     "clt_metric",
+    "fill_source_ci",
     "read_json_file",
 ]
 
@@ -123,12 +124,24 @@ def apply_clt(metric: MetricResult, acc: CltAccumulator | Sequence[float], *, re
         return False
     if math.isnan(metric.value):
         metric.value = mean
+    if metric.method != CLT_METHOD:
+        metric.source_stderr = metric.stderr
     metric.stderr = se
     metric.ci_low = lo
     metric.ci_high = hi
     metric.n = n
     metric.method = CLT_METHOD
     return True
+
+
+def fill_source_ci(metric: MetricResult) -> None:
+    """A normal-approximation 95% CI from a carried-over stderr (method stays "source")."""
+    if metric.method == CLT_METHOD or metric.stderr is None or metric.ci_low is not None:
+        return
+    if math.isnan(metric.value) or math.isnan(metric.stderr):
+        return
+    metric.ci_low = metric.value - Z95 * metric.stderr
+    metric.ci_high = metric.value + Z95 * metric.stderr
 
 
 def read_json_file(path: Path) -> Any:
@@ -157,3 +170,28 @@ def iter_files(path: Path, pattern: str) -> Iterator[Path]:
         yield from sorted(p for p in path.rglob(pattern) if p.is_file())
     except OSError:
         return
+
+
+try:  # orjson parses JSON lines several times faster; stdlib json is the fallback (and handles bare NaN)
+    import orjson as _orjson
+
+    def loads_fast(data: bytes) -> Any:
+        """Parse one JSON document; bare NaN/Infinity (which orjson rejects) fall back to the stdlib."""
+        try:
+            return _orjson.loads(data)
+        except _orjson.JSONDecodeError:
+            return json.loads(data)
+
+except ImportError:  # pragma: no cover - orjson is a dependency, but stay usable without it
+
+    def loads_fast(data: bytes) -> Any:
+        return json.loads(data)
+
+
+def as_float(value: Any) -> float | None:
+    """A per-sample score as float (bools count as 0/1); None for anything that is not a plain number."""
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if isinstance(value, int | float):
+        return float(value)
+    return None
