@@ -70,8 +70,9 @@ class ScannedMember:
 class Scan:
     path: Path
     file_size: int
-    file_sha256: str  # of every byte before the trailer
+    body_sha256: str  # of every byte before the trailer (what the trailer must claim)
     trailer_sha256: str | None  # what the trailer claims; None when there is no valid trailer
+    file_sha256: str = ""  # of the whole file, as `sha256sum` prints it
     members: dict[str, ScannedMember] = field(default_factory=dict)
     meta: dict[str, bytes] = field(default_factory=dict)
     stream_error: str | None = None
@@ -160,9 +161,11 @@ def scan_bundle(path: str | os.PathLike[str], *, limits: Limits = Limits(), dest
                 hint="bundles are made by `evalkeeper bundle RUN -o run.ekb`",
             )
         claimed = None
+        tail = b""
         if size >= L.TRAILER_LEN + 4:
             f.seek(size - L.TRAILER_LEN)
-            digest = L.parse_trailer(f.read(L.TRAILER_LEN))
+            tail = f.read(L.TRAILER_LEN)
+            digest = L.parse_trailer(tail)
             claimed = digest.hex() if digest is not None else None
         f.seek(0)
         raw = _RawReader(f, size - L.TRAILER_LEN if claimed else size)
@@ -178,7 +181,11 @@ def scan_bundle(path: str | os.PathLike[str], *, limits: Limits = Limits(), dest
             raw.drain()
         finally:
             scan.uncompressed_bytes = reader.n
-        scan.file_sha256 = raw.sha.hexdigest()
+        scan.body_sha256 = raw.sha.hexdigest()
+        whole = raw.sha.copy()
+        if claimed:
+            whole.update(tail)
+        scan.file_sha256 = whole.hexdigest()
     return scan
 
 
@@ -195,10 +202,11 @@ def _walk(scan: Scan, reader: _BoundedReader, limits: Limits, dest: Path | None)
     expected_offset = 0
     prev = "<start>"
     current = f"<tar header after {prev}>"
+    entries = iter(tf)  # TarFile's own iteration knows when the stream has ended
     try:
         while True:
             current = f"<tar header after {prev}>"
-            info = tf.next()
+            info = next(entries, None)
             if info is None:
                 break
             if info.offset != expected_offset:

@@ -104,8 +104,9 @@ def reproduce_markdown(
         f"- Samples: {run.n_samples}; run seed: {_fmt(run.seed)}",
         f"- Bundle data digest: `{content_digest or 'n/a'}` (sha256 over the path and sha256 of every "
         "data member: run, metrics, environment, tasks, samples, reports; see manifest.json)",
-        "- The `.ekb` file's own sha256 is stored in its last 48 bytes (checked by `evalkeeper verify`) "
-        "and recorded in the run's provenance in the workspace.",
+        "- The `.ekb` file's sha256 (`sha256sum run.ekb`) is printed by `evalkeeper bundle` and "
+        "`evalkeeper verify`, and recorded in the run's provenance in the workspace; the file's last 48 "
+        "bytes carry the sha256 of everything before them, so `verify` needs nothing external.",
         "",
     ]
     if previous_bundle:

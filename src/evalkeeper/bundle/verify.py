@@ -194,7 +194,7 @@ def check_scan(
         problems.append(Problem(L.ENVELOPE, "bundle is not signed, but a public key was given"))
     if scan.trailer_sha256 is None:
         problems.append(Problem("<file trailer>", "missing or damaged whole-file digest trailer"))
-    elif scan.trailer_sha256 != scan.file_sha256:
+    elif scan.trailer_sha256 != scan.body_sha256:
         problems.append(
             Problem(
                 "<compressed container>",
@@ -223,7 +223,7 @@ def verify_bundle(
         report.problems.append(Problem(exc.member, exc.message))
         return report
     report.members = len(scan.members)
-    report.file_sha256 = scan.trailer_sha256 if scan.trailer_sha256 == scan.file_sha256 else None
+    report.file_sha256 = scan.file_sha256
     if public_key_path:  # a bad key file is the caller's input error, not a bundle problem
         load_public_key(public_key_path)
     report.problems = check_scan(scan, public_key_path=public_key_path, report=report)

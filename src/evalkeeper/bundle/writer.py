@@ -33,7 +33,7 @@ RECORD = tarfile.RECORDSIZE
 @dataclass
 class BundleResult:
     path: Path
-    sha256: str  # of the whole .ekb file (also stored in its trailer)
+    sha256: str  # of the whole .ekb file, as `sha256sum` prints it
     size: int
     manifest_sha256: str
     data_sha256: str
@@ -253,13 +253,15 @@ def create_bundle(
             tw.add_bytes(L.ENVELOPE, sign_envelope(statement, key))
         uncompressed = tw.offset
         tw.close()
-        digest = sink.sha.digest()
-        raw.write(L.trailer_for(digest))
+        trailer = L.trailer_for(sink.sha.digest())
+        raw.write(trailer)
+        whole = sink.sha.copy()
+        whole.update(trailer)
         size = sink.size + L.TRAILER_LEN
 
     result = BundleResult(
         out_path,
-        digest.hex(),
+        whole.hexdigest(),
         size,
         manifest_sha,
         data_sha,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +126,7 @@ def register(app: typer.Typer) -> None:
             e.print(f"[bold red]{rep.status}[/]: {path}", highlight=False)
             for p in rep.problems:
                 e.print(f"  {p.member}: {p.message}", highlight=False, markup=False)
-        raise typer.Exit(rep.exit_code)
+        sys.exit(rep.exit_code)  # not typer.Exit: in non-standalone mode click returns its code silently
 
     @app.command("inspect-bundle")
     def inspect_cmd(
@@ -221,7 +222,7 @@ def register(app: typer.Typer) -> None:
         )
         if as_json:
             print_json(rep.to_dict())
-            raise typer.Exit(rep.exit_code)
+            sys.exit(rep.exit_code)  # not typer.Exit: in non-standalone mode click returns its code silently
         c = console()
         how = "re-ran as" if rep.rerun else "compared with"
         c.print(
@@ -273,4 +274,4 @@ def register(app: typer.Typer) -> None:
             )
         elif not rep.equivalent:
             c.print("no environment differences recorded (same packages, hardware and settings)")
-        raise typer.Exit(rep.exit_code)
+        sys.exit(rep.exit_code)  # not typer.Exit: in non-standalone mode click returns its code silently
