@@ -9,6 +9,15 @@ import typer
 
 from evalkeeper.cli.common import HomeOpt, JsonOpt, console, fmt_num, print_json, workspace
 
+
+def _wide_console() -> Any:
+    """Tables of numbers must not be cut to 80 columns when output goes to a file or a CI log."""
+    c = console()
+    if not c.is_terminal:
+        c.width = max(c.width, 160)
+    return c
+
+
 baseline_app = typer.Typer(help="Name the approved run that candidates are compared against.",
                            no_args_is_help=True)
 
@@ -86,16 +95,16 @@ def compare(
     from rich.table import Table
 
     table = Table(title=f"{res.run_b} vs {res.run_a} (paired, {correction})")
-    for col in ("task", "metric", "a", "b", "b - a", f"{1 - alpha:.0%} CI", "p", "p corr", "n paired",
-                "test", "flips -/+"):
-        table.add_column(col, justify="left" if col in ("task", "metric", "test") else "right")
+    table.add_column("task / metric", no_wrap=True)
+    for col in ("a", "b", "b - a", f"{1 - alpha:.0%} CI", "p / corr", "n", "test", "-/+"):
+        table.add_column(col, justify="left" if col == "test" else "right")
     for r in res.rows:
         style = {"worse": "bold red", "better": "green"}.get(r.direction, "")
-        table.add_row(r.task, r.metric, fmt_num(r.mean_a), fmt_num(r.mean_b),
-                      f"[{style}]{r.diff:+.4f}[/]" if style else f"{r.diff:+.4f}",
-                      f"[{fmt_num(r.ci_low)}, {fmt_num(r.ci_high)}]", f"{r.p_value:.3g}", f"{r.p_corrected:.3g}",
-                      f"{r.n_paired:,}", r.test, f"{r.n_right_to_wrong}/{r.n_wrong_to_right}")
-    c = console()
+        diff = f"[{style}]{r.diff:+.4f}[/]" if style else f"{r.diff:+.4f}"
+        table.add_row(f"{r.task} / {r.metric}", fmt_num(r.mean_a), fmt_num(r.mean_b), diff,
+                      f"[{fmt_num(r.ci_low)}, {fmt_num(r.ci_high)}]", f"{r.p_value:.3g} / {r.p_corrected:.3g}",
+                      f"{r.n_paired:,}", r.test.replace("_exact", ""), f"{r.n_right_to_wrong}/{r.n_wrong_to_right}")
+    c = _wide_console()
     c.print(table)
     for s in res.skipped:
         c.print(f"[yellow]skipped[/] {s['task']}/{s['metric']}: {s['reason']}", highlight=False)
@@ -142,7 +151,7 @@ def gate(
             write_text(json_out, to_json(report))
     write_github_summary(report)
     if not quiet and str(json_out) != "-":
-        render_console(report, console())
+        render_console(report, _wide_console())
     # SystemExit rather than typer.Exit: in non-standalone mode click turns Exit into a return value
     raise SystemExit(report.exit_code)
 
