@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import uuid
 
 import numpy as np
@@ -178,3 +179,14 @@ def test_environment_summary(workspace: Workspace) -> None:
     e = build_report(workspace, run.run_id).environment
     assert e is not None and e.items["python"] == "3.11.9" and e.items["packages"] == 3
     assert e.packages == {"torch": "2.13.0", "numpy": "2.1.0"} and "dirty" in str(e.items["git"])
+
+
+def test_chart_ticks_and_labels() -> None:
+    from evalkeeper.report._charts import Bar, bar_chart
+
+    svg = str(bar_chart([Bar("a<script>", -0.0013, -0.004, 0.0012), Bar("b", 0.001, -0.001, 0.003)],
+                        points=True, zero_line=True, symmetric=True, title="t&t"))
+    ticks = re.findall(r'text-anchor="middle" fill="#555">([^<]+)<', svg)
+    assert len(ticks) == len(set(ticks)) >= 3 and "0.000" in ticks  # distinct labels at fine scales
+    assert "a&lt;script&gt;" in svg and "<script>" not in svg and "t&amp;t" in svg
+    assert "-0.001 [-0.004, 0.001]" in svg

@@ -133,6 +133,9 @@ def comparison_section(
     result = comparison or compare_runs(ws, base.run_id, run.run_id, max_flip_ids=_FLIP_IDS)
     rows = []
     for r in result.rows:
+        # compare_runs counts flips for binary metrics only (0 otherwise); for a binary metric, no flips at
+        # all means a zero difference, so zero flips with a non-zero difference marks a non-binary metric.
+        binary = bool(r.n_right_to_wrong or r.n_wrong_to_right or r.diff == 0)
         direction: Direction = _DIRECTIONS.get(r.direction, "unchanged")
         rows.append(
             ComparisonRow(
@@ -153,8 +156,8 @@ def comparison_section(
                 p_adjusted=r.p_corrected,
                 significant=r.significant,
                 direction=direction,
-                flips_to_wrong=r.n_right_to_wrong,
-                flips_to_right=r.n_wrong_to_right,
+                flips_to_wrong=r.n_right_to_wrong if binary else None,
+                flips_to_right=r.n_wrong_to_right if binary else None,
                 flip_ids_to_wrong=list(r.right_to_wrong[:_FLIP_IDS]),
                 test=r.test,
             )

@@ -31,6 +31,8 @@ def fmt(value: float | None, digits: int = 3) -> str:
         return "n/a"
     if abs(value) >= 1000:
         return f"{value:,.0f}"
+    if round(value, digits) == 0:
+        value = 0.0  # no "-0.000"
     return f"{value:.{digits}f}"
 
 
@@ -41,6 +43,14 @@ def _nice_step(span: float, target_ticks: int = 5) -> float:
         if raw <= m * mag:
             return m * mag
     return 10 * mag
+
+
+def _tick_digits(step: float) -> int:
+    """Enough decimals that neighbouring ticks differ (0.002 steps need 3, 0.25 steps need 2)."""
+    digits = 0
+    while digits < 8 and abs(round(step, digits) - step) > step * 1e-6:
+        digits += 1
+    return digits
 
 
 def _domain(bars: list[Bar], include_zero: bool, symmetric: bool) -> tuple[float, float]:
@@ -100,6 +110,7 @@ def bar_chart(
     if title:
         parts.append(f'<text x="4" y="16" font-size="12" font-weight="bold">{escape(title)}</text>')
     plot_bottom = top + row_h * len(bars)
+    tick_digits = _tick_digits(_nice_step(hi_d - lo_d))
     for t in _ticks(lo_d, hi_d):
         xt = x(t)
         parts.append(
@@ -107,7 +118,7 @@ def bar_chart(
         )
         parts.append(
             f'<text x="{xt:.1f}" y="{plot_bottom + 14}" text-anchor="middle" fill="#555">'
-            f"{escape(fmt(t, 2))}</text>"
+            f"{escape(fmt(t, tick_digits))}</text>"
         )
     if zero_line or points:
         if lo_d <= 0 <= hi_d:

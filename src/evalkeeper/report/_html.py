@@ -47,6 +47,8 @@ def _num(value: float | None, digits: int = 3) -> str:
 def _signed(value: float | None) -> str:
     if value is None or not math.isfinite(value):
         return "n/a"
+    if round(value, 3) == 0:
+        return "0.000"  # neither "+0.000" nor "-0.000": the sign of a rounded zero is noise
     return f"{value:+.3f}"
 
 
@@ -186,7 +188,9 @@ def report_charts(r: ReportData) -> dict[str, Any]:
         groups.setdefault((s.task, s.attribute), []).append(_bar(f"{s.attribute} = {s.value}", s.estimate))
     for (task, attr), bars in groups.items():
         metric = next((s.metric for s in r.slices if s.task == task), "score")
-        charts["slices"].append(bar_chart(bars, title=f"{task} · {metric} by {attr}"))
+        charts["slices"].append(
+            bar_chart(bars, title=f"{task} · {metric} by {attr}", width=520, label_width=120)
+        )
     return charts
 
 
