@@ -115,7 +115,7 @@ def test_store_round_trip_and_reimport_is_noop(workspace) -> None:  # type: igno
     ids, values = workspace.scores(first.run.run_id, "arith", "match")
     assert list(ids) == [f"q0{i}" for i in range(1, 9)]
     assert values.tolist() == MATCH
-    assert workspace.count_samples(first.run.run_id, where="score < 1") == 9  # primary metric = match
+    assert workspace.count_samples(first.run.run_id, where="score < 1") == 8  # primary metric = match
     [again] = import_path(workspace, NEW_EVAL)
     assert again.already and again.run.run_id == first.run.run_id
     assert len(workspace.list_runs()) == 1

@@ -20,7 +20,7 @@ from evalkeeper.core.ids import new_run_id, sha256_file
 from evalkeeper.core.records import MetricResult, ModelInfo, Provenance, Run, TaskInfo
 from evalkeeper.ingest._inspect_rows import RowBuilder, loads, parse_sample
 from evalkeeper.ingest._zipread import Member, MemberIndex, ZipReader
-from evalkeeper.ingest.base import ImportedRun, apply_clt
+from evalkeeper.ingest.base import ImportedRun, apply_clt, fill_source_ci
 
 __all__ = ["InspectImporter"]
 
@@ -81,7 +81,8 @@ def _is_log_file(path: Path) -> bool:
         # inspect writes _journal/start.json first (header.json for rewritten logs, samples/ otherwise)
         name_len = int.from_bytes(head[26:28], "little")
         name = head[30 : 30 + name_len]
-        return name in (b"_journal/start.json", b"header.json") or name.startswith(b"samples/")
+        return name in (b"_journal/start.json", b"header.json") or (
+            name.startswith(b"samples/") and name.endswith(b".json"))
     text = head.lstrip()
     return (text[:1] == b"{" and b'"eval"' in text and b'"status"' in text
             and (b'"task_id"' in text or b'"eval_id"' in text) and b'"task"' in text)
@@ -266,6 +267,8 @@ class _Log:
             mr = self.by_name.get(name)
             if mr is not None:
                 apply_clt(mr, acc)
+        for mr in self.metrics:
+            fill_source_ci(mr)  # metrics that are no mean of sample scores: a CI from the carried stderr
         self.task_info.n_samples = rows.n_unique
 
 
