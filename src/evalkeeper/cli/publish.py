@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -64,7 +65,7 @@ def list_sinks(as_json: bool = JsonOpt) -> None:
     from evalkeeper.publish import discover_sinks
 
     sinks = discover_sinks()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for info in sinks.values():
         cls = info.cls
         rows.append({"name": info.name, "builtin": info.builtin, "distribution": info.distribution,

@@ -12,7 +12,7 @@ from pydantic import Field, SecretStr
 
 from evalkeeper.publish.base import BaseSink, PublishContext, PublishResult, SinkError, SinkOptions
 
-TABLE_COLUMNS = ["task", "sample_id", "epoch", "input", "target", "prediction", "score"]
+TABLE_COLUMNS: list[str | int] = ["task", "sample_id", "epoch", "input", "target", "prediction", "score"]
 MAX_CELL = 2000  # characters kept per text cell
 
 
@@ -51,7 +51,7 @@ def _cell(value: Any) -> Any:
 def sample_rows(ctx: PublishContext, limit: int) -> list[list[Any]]:
     """Up to `limit` per-sample rows, spread over tasks in order (DuckDB over the run's Parquet)."""
     table = ctx.samples_table(limit=limit)
-    cols = {name: table.column(name).to_pylist() for name in TABLE_COLUMNS if name in table.column_names}
+    cols = {name: table.column(name).to_pylist() for name in map(str, TABLE_COLUMNS) if name in table.column_names}
     n = table.num_rows
     return [[_cell(cols[c][i]) if c in cols else None for c in TABLE_COLUMNS] for i in range(n)]
 
@@ -70,11 +70,13 @@ class WandbSink(BaseSink):
         entity = f"{self.options.entity}/" if self.options.entity else ""
         return f"{entity}{self.options.project} ({self._mode()})"
 
-    def _mode(self) -> str:
+    def _mode(self) -> Literal["online", "offline"]:
         mode = self.options.mode or os.environ.get("WANDB_MODE") or "online"
-        if mode not in ("online", "offline"):
-            raise SinkError(f"W&B mode {mode!r} is not supported", hint="use online or offline")
-        return mode
+        if mode == "online":
+            return "online"
+        if mode == "offline":
+            return "offline"
+        raise SinkError(f"W&B mode {mode!r} is not supported", hint="use online or offline")
 
     def _dir(self, ctx: PublishContext) -> Path:
         if self.options.dir:
