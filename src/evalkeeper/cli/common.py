@@ -19,9 +19,13 @@ HomeOpt = typer.Option(None, "--home", envvar="EVALKEEPER_HOME", help="Workspace
 
 
 def console() -> Console:
+    """Stdout console; when piped (CI logs, files) tables get a wide fixed width instead of 80 columns."""
+    import os
+
     from rich.console import Console
 
-    return Console(soft_wrap=False)
+    width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS") or 200)
+    return Console(soft_wrap=False, width=width)
 
 
 def err_console() -> Console:
