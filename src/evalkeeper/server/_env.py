@@ -20,7 +20,7 @@ def _text(value: Any) -> str:
 
 
 def environment_summary(env: dict[str, Any] | None) -> list[EnvItem]:
-    """Captured environments (bundle.env) use its summary plus score-relevant packages; others are flattened."""
+    """Captured environments (bundle.env): its summary plus score-relevant packages; others: flattened."""
     if not env:
         return []
     items: list[EnvItem] = []

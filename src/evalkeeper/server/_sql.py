@@ -18,12 +18,14 @@ MAX_PAGE_SIZE = 500
 LIST_TEXT_LIMIT = 300  # characters of input/target/prediction sent per row in listings
 
 # Listing columns: long texts are cut in DuckDB so a page never ships megabytes of prompts.
-_LIST_COLUMNS = (
-    "task, sample_id, epoch, left(input, {n}) AS input, left(target, {n}) AS target, "
-    "left(prediction, {n}) AS prediction, "
-    "(length(input) > {n} OR coalesce(length(target), 0) > {n} OR coalesce(length(prediction), 0) > {n}) "
-    "AS truncated, score, scores, \"group\", latency_ms, tokens_in, tokens_out"
-).format(n=LIST_TEXT_LIMIT)
+_N = LIST_TEXT_LIMIT
+ROW_COLUMNS = (
+    f"task, sample_id, epoch, left(input, {_N}) AS input, left(target, {_N}) AS target, "
+    f"left(prediction, {_N}) AS prediction, (length(input) > {_N} OR coalesce(length(target), 0) > {_N} "
+    f"OR coalesce(length(prediction), 0) > {_N}) AS truncated, "
+    'scores, "group", latency_ms, tokens_in, tokens_out'
+)
+_LIST_COLUMNS = ROW_COLUMNS + ", score"
 
 
 def _finite(name: str, value: float) -> float:
@@ -50,7 +52,9 @@ class ExplorerQuery:
 
     def validate(self) -> ExplorerQuery:
         if self.sort not in SORT_KEYS:
-            raise EvalkeeperError(f"unknown sort key {self.sort!r}", hint=f"use one of {', '.join(SORT_KEYS)}")
+            raise EvalkeeperError(
+                f"unknown sort key {self.sort!r}", hint=f"use one of {', '.join(SORT_KEYS)}"
+            )
         if self.order not in ("asc", "desc"):
             raise EvalkeeperError(f"unknown order {self.order!r}", hint="use asc or desc")
         if self.page < 1:
@@ -85,8 +89,9 @@ class ExplorerQuery:
         search = (self.search or "").strip()
         if search:
             pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            clauses.append("(input ILIKE ? ESCAPE '\\' OR prediction ILIKE ? ESCAPE '\\' "
-                           "OR target ILIKE ? ESCAPE '\\')")
+            clauses.append(
+                "(input ILIKE ? ESCAPE '\\' OR prediction ILIKE ? ESCAPE '\\' OR target ILIKE ? ESCAPE '\\')"
+            )
             params.extend([pattern] * 3)
         if self.score_min is not None:
             clauses.append(f"{self._score(params)} >= ?")
@@ -111,8 +116,10 @@ class ExplorerQuery:
         key = self._score(params) if self.sort == "score" else self.sort
         ties = [f"{k} ASC" for k in ("task", "sample_id", "epoch") if k != self.sort]
         order = ", ".join([f"{key} {direction} NULLS LAST", *ties])
-        sql = (f"SELECT {_LIST_COLUMNS} FROM {relation} AS s{where} ORDER BY {order} "
-               f"LIMIT {int(self.page_size)} OFFSET {int(self.offset)}")
+        sql = (
+            f"SELECT {_LIST_COLUMNS} FROM {relation} AS s{where} ORDER BY {order} "
+            f"LIMIT {int(self.page_size)} OFFSET {int(self.offset)}"
+        )
         return sql, params
 
     def count_sql(self, relation: str) -> tuple[str, list[Any]]:

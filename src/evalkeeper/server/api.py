@@ -7,7 +7,14 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request
 
 from evalkeeper.server._sql import MAX_PAGE_SIZE, SORT_KEYS, ExplorerQuery
-from evalkeeper.server.schemas import ComparisonOut, RunDetail, RunSummary, SampleDetail, SamplePage, SliceReport
+from evalkeeper.server.schemas import (
+    ComparisonOut,
+    RunDetail,
+    RunSummary,
+    SampleDetail,
+    SamplePage,
+    SliceReport,
+)
 from evalkeeper.server.services import DashboardService
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -23,21 +30,35 @@ Service = Annotated[DashboardService, Depends(service)]
 
 def explorer_query(
     task: str | None = None,
-    metric: Annotated[str | None, Query(description="metric for score filters/sort; default: primary")] = None,
+    metric: Annotated[
+        str | None, Query(description="metric for score filters/sort; default: primary")
+    ] = None,
     score_min: float | None = None,
     score_max: float | None = None,
     group: Annotated[str | None, Query(description="group attribute name")] = None,
     group_value: str | None = None,
-    search: Annotated[str | None, Query(description="case-insensitive text in input/prediction/target")] = None,
+    search: Annotated[
+        str | None, Query(description="case-insensitive text in input/prediction/target")
+    ] = None,
     sort: Annotated[str, Query(description=f"one of {', '.join(SORT_KEYS)}")] = "sample_id",
     order: Literal["asc", "desc"] = "asc",
     page: Annotated[int, Query(ge=1)] = 1,
     page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
 ) -> ExplorerQuery:
     """Query parameters of the sample explorer; empty strings (from HTML forms) mean 'not set'."""
-    return ExplorerQuery(task=task or None, metric=metric or None, score_min=score_min, score_max=score_max,
-                         group=group or None, group_value=group_value if group else None,
-                         search=search or None, sort=sort, order=order, page=page, page_size=page_size)
+    return ExplorerQuery(
+        task=task or None,
+        metric=metric or None,
+        score_min=score_min,
+        score_max=score_max,
+        group=group or None,
+        group_value=group_value if group else None,
+        search=search or None,
+        sort=sort,
+        order=order,
+        page=page,
+        page_size=page_size,
+    )
 
 
 @router.get("/health")
@@ -46,8 +67,9 @@ def health() -> dict[str, str]:
 
 
 @router.get("/runs", response_model=list[RunSummary])
-def list_runs(svc: Service, search: str | None = None, tag: str | None = None,
-              model: str | None = None) -> list[RunSummary]:
+def list_runs(
+    svc: Service, search: str | None = None, tag: str | None = None, model: str | None = None
+) -> list[RunSummary]:
     """Runs, newest first; `search` matches id, model, tasks, tags and labels."""
     return svc.list_runs(search=search, tag=tag, model=model)
 
@@ -77,7 +99,12 @@ def slices(run_ref: str, svc: Service, task: str, attribute: str, metric: str | 
 
 
 @router.get("/compare", response_model=ComparisonOut)
-def compare(svc: Service, a: str, b: str, alpha: Annotated[float, Query(gt=0, lt=1)] = 0.05,
-            correction: Literal["holm", "bh", "none"] = "holm") -> ComparisonOut:
+def compare(
+    svc: Service,
+    a: str,
+    b: str,
+    alpha: Annotated[float, Query(gt=0, lt=1)] = 0.05,
+    correction: Literal["holm", "bh", "none"] = "holm",
+) -> ComparisonOut:
     """Run b (candidate) against run a (baseline), paired on sample ids, p-values corrected across rows."""
     return svc.compare(a, b, alpha=alpha, correction=correction)

@@ -41,9 +41,14 @@ def create_app(ws: Any, token: str | None = None, allowed_hosts: list[str] | Non
     (unless `allowed_hosts` says otherwise), so the app is safe to bind to 127.0.0.1 only.
     """
     token = check_token(token)
-    app = FastAPI(title="evalkeeper dashboard", version="1", docs_url=None, redoc_url=None,
-                  openapi_url="/api/openapi.json",
-                  description="Runs, metrics with CIs, samples, slices and paired run comparisons.")
+    app = FastAPI(
+        title="evalkeeper dashboard",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+        description="Runs, metrics with CIs, samples, slices and paired run comparisons.",
+    )
     app.state.service = DashboardService(ws)
     app.include_router(api.router)
     app.include_router(pages.router)
@@ -62,9 +67,9 @@ def _add_error_handlers(app: FastAPI) -> None:
     def error(request: Request, status: int, message: str, hint: str | None) -> Response:
         if _wants_json(request):
             return JSONResponse({"detail": message, "hint": hint}, status_code=status)
-        return pages.templates.TemplateResponse(request, "error.html",
-                                                {"status": status, "message": message, "hint": hint},
-                                                status_code=status)
+        return pages.templates.TemplateResponse(
+            request, "error.html", {"status": status, "message": message, "hint": hint}, status_code=status
+        )
 
     @app.exception_handler(NotFoundError)
     async def not_found(request: Request, exc: NotFoundError) -> Response:
@@ -101,9 +106,10 @@ def check_bind(host: str, token: str | None) -> None:
         )
 
 
-def serve(ws: Any, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
-          log_level: str = "warning") -> None:
-    """Run the dashboard with uvicorn; binding beyond loopback requires a token (argument or $EVALKEEPER_TOKEN)."""
+def serve(
+    ws: Any, host: str = "127.0.0.1", port: int = 8765, token: str | None = None, log_level: str = "warning"
+) -> None:
+    """Run the dashboard with uvicorn; beyond loopback a token is required (argument or $EVALKEEPER_TOKEN)."""
     import uvicorn
 
     token = token or os.environ.get(TOKEN_ENV) or None

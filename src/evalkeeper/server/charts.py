@@ -54,8 +54,10 @@ def interval_chart(rows: list[Interval], *, bars: bool = True, title: str = "") 
     def x(v: float) -> float:
         return _LABEL_W + (v - lo) / (hi - lo) * _PLOT_W
 
-    parts = [f'<svg class="chart" role="img" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-             f'xmlns="http://www.w3.org/2000/svg" aria-label="{escape(title)}">']
+    parts = [
+        f'<svg class="chart" role="img" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'xmlns="http://www.w3.org/2000/svg" aria-label="{escape(title)}">'
+    ]
     if title:
         parts.append(f"<title>{escape(title)}</title>")
     zero = x(0.0)
@@ -64,25 +66,35 @@ def interval_chart(rows: list[Interval], *, bars: bool = True, title: str = "") 
         mid = y + _ROW_H / 2
         label = r.label if len(r.label) <= 32 else r.label[:31] + "…"
         parts.append(f'<g class="row {escape(r.css)}"><title>{escape(r.title or r.label)}</title>')
-        parts.append(f'<text class="label" x="{_LABEL_W - 8}" y="{mid + 4:.1f}" text-anchor="end">'
-                     f"{escape(label)}</text>")
+        parts.append(
+            f'<text class="label" x="{_LABEL_W - 8}" y="{mid + 4:.1f}" text-anchor="end">'
+            f"{escape(label)}</text>"
+        )
         if bars:
             x0, x1 = sorted((zero, x(r.value)))
-            parts.append(f'<rect class="fill" x="{x0:.1f}" y="{y + 5}" width="{max(x1 - x0, 1):.1f}" '
-                         f'height="{_ROW_H - 10}" rx="2"/>')
+            parts.append(
+                f'<rect class="fill" x="{x0:.1f}" y="{y + 5}" width="{max(x1 - x0, 1):.1f}" '
+                f'height="{_ROW_H - 10}" rx="2"/>'
+            )
         else:
             parts.append(f'<circle class="fill" cx="{x(r.value):.1f}" cy="{mid:.1f}" r="5"/>')
         if r.low is not None and r.high is not None and math.isfinite(r.low) and math.isfinite(r.high):
             a, b = x(r.low), x(r.high)
-            parts.append(f'<path class="whisker" d="M{a:.1f} {mid:.1f}H{b:.1f}M{a:.1f} {mid - 6:.1f}V{mid + 6:.1f}'
-                         f'M{b:.1f} {mid - 6:.1f}V{mid + 6:.1f}"/>')
+            parts.append(
+                f'<path class="whisker" d="M{a:.1f} {mid:.1f}H{b:.1f}M{a:.1f} {mid - 6:.1f}V{mid + 6:.1f}'
+                f'M{b:.1f} {mid - 6:.1f}V{mid + 6:.1f}"/>'
+            )
             text = f"{_fmt(r.value)} [{_fmt(r.low)}, {_fmt(r.high)}]"
         else:
             text = _fmt(r.value)
-        parts.append(f'<text class="value" x="{_LABEL_W + _PLOT_W + 8}" y="{mid + 4:.1f}">{escape(text)}</text></g>')
+        parts.append(
+            f'<text class="value" x="{_LABEL_W + _PLOT_W + 8}" y="{mid + 4:.1f}">{escape(text)}</text></g>'
+        )
     axis_y = 10 + len(rows) * _ROW_H
     parts.append(f'<path class="axis" d="M{zero:.1f} 6V{axis_y}"/>')
     for v in (lo, 0.0, hi) if lo < 0 < hi else (lo, hi):
-        parts.append(f'<text class="tick" x="{x(v):.1f}" y="{axis_y + 14}" text-anchor="middle">{_fmt(v)}</text>')
+        parts.append(
+            f'<text class="tick" x="{x(v):.1f}" y="{axis_y + 14}" text-anchor="middle">{_fmt(v)}</text>'
+        )
     parts.append("</svg>")
     return Markup("".join(parts))

@@ -27,15 +27,19 @@ def _fmt(x: Any, digits: int = 3) -> str:
     if x is None:
         return "–"
     if isinstance(x, float):
-        if x != 0 and abs(x) < 10 ** -digits:
+        if x != 0 and abs(x) < 10**-digits:
             return f"{x:.2e}"
         return f"{x:.{digits}f}"
     return str(x)
 
 
 def _environment() -> Environment:
-    env = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True,
-                      trim_blocks=True, lstrip_blocks=True)
+    env = Environment(
+        loader=FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters["num"] = _fmt
     env.filters["pjson"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False, default=str)
     env.filters["qs"] = lambda params: urlencode({k: v for k, v in params.items() if v not in (None, "")})
@@ -50,30 +54,52 @@ def render(request: Request, name: str, **context: Any) -> HTMLResponse:
 
 
 def metric_chart(metrics: list[MetricOut], title: str) -> Any:
-    rows = [Interval(label=f"{m.task} · {m.metric}", value=m.value, low=m.ci_low, high=m.ci_high,
-                     title=f"{m.task} {m.metric}: n={m.n}, method={m.method}") for m in metrics]
+    rows = [
+        Interval(
+            label=f"{m.task} · {m.metric}",
+            value=m.value,
+            low=m.ci_low,
+            high=m.ci_high,
+            title=f"{m.task} {m.metric}: n={m.n}, method={m.method}",
+        )
+        for m in metrics
+    ]
     return interval_chart(rows, title=title)
 
 
 def slice_chart(rep: SliceReport) -> Any:
-    rows = [Interval(label=f"{s.value} (n={s.n})", value=s.mean, low=s.ci_low, high=s.ci_high)
-            for s in [rep.overall, *rep.slices]]
+    rows = [
+        Interval(label=f"{s.value} (n={s.n})", value=s.mean, low=s.ci_low, high=s.ci_high)
+        for s in [rep.overall, *rep.slices]
+    ]
     return interval_chart(rows, title=f"{rep.task} {rep.metric} by {rep.attribute}")
 
 
 @router.get("/", response_class=HTMLResponse)
-def runs_page(request: Request, svc: Service, search: str | None = None, tag: str | None = None,
-              model: str | None = None) -> HTMLResponse:
+def runs_page(
+    request: Request,
+    svc: Service,
+    search: str | None = None,
+    tag: str | None = None,
+    model: str | None = None,
+) -> HTMLResponse:
     runs = svc.list_runs(search=search, tag=tag or None, model=model or None)
-    return render(request, "runs.html", runs=runs, all_runs=svc.list_runs(), tags=svc.tags(),
-                  models=svc.models(), f={"search": search or "", "tag": tag or "", "model": model or ""})
+    return render(
+        request,
+        "runs.html",
+        runs=runs,
+        all_runs=svc.list_runs(),
+        tags=svc.tags(),
+        models=svc.models(),
+        f={"search": search or "", "tag": tag or "", "model": model or ""},
+    )
 
 
 @router.get("/runs/{run_ref}", response_class=HTMLResponse)
 def run_page(request: Request, run_ref: str, svc: Service) -> HTMLResponse:
     detail = svc.run_detail(run_ref)
     run_id = detail.summary.run_id
-    slice_charts = []
+    slice_charts: list[tuple[str, str, Any]] = []
     for task, attrs in detail.group_attributes.items():
         for attr in attrs:
             if len(slice_charts) >= MAX_SLICE_CHARTS:
@@ -83,41 +109,72 @@ def run_page(request: Request, run_ref: str, svc: Service) -> HTMLResponse:
             except EvalkeeperError:
                 continue
     others = [r for r in svc.list_runs() if r.run_id != run_id]
-    return render(request, "run.html", d=detail, s=detail.summary, others=others, slice_charts=slice_charts,
-                  chart=metric_chart(detail.metrics, f"Metrics of {run_id}"))
+    return render(
+        request,
+        "run.html",
+        d=detail,
+        s=detail.summary,
+        others=others,
+        slice_charts=slice_charts,
+        chart=metric_chart(detail.metrics, f"Metrics of {run_id}"),
+    )
 
 
 @router.get("/runs/{run_ref}/samples", response_class=HTMLResponse)
-def samples_page(request: Request, run_ref: str, svc: Service,
-                 q: Annotated[ExplorerQuery, Depends(explorer_query)]) -> HTMLResponse:
+def samples_page(
+    request: Request, run_ref: str, svc: Service, q: Annotated[ExplorerQuery, Depends(explorer_query)]
+) -> HTMLResponse:
     detail = svc.run_detail(run_ref)
     page = svc.samples(detail.summary.run_id, q)
     metrics = sorted({m for t in detail.tasks for m in t.metrics})
     groups = sorted({g for attrs in detail.group_attributes.values() for g in attrs})
-    return render(request, "samples.html", d=detail, s=detail.summary, p=page, q=page.query, metrics=metrics,
-                  groups=groups, sort_keys=SORT_KEYS, base=page.query.model_dump(exclude={"page"}))
+    return render(
+        request,
+        "samples.html",
+        d=detail,
+        s=detail.summary,
+        p=page,
+        q=page.query,
+        metrics=metrics,
+        groups=groups,
+        sort_keys=SORT_KEYS,
+        base=page.query.model_dump(exclude={"page"}),
+    )
 
 
 @router.get("/runs/{run_ref}/sample", response_class=HTMLResponse)
-def sample_page(request: Request, run_ref: str, svc: Service, task: str, sample_id: str,
-                epoch: int | None = None) -> HTMLResponse:
+def sample_page(
+    request: Request, run_ref: str, svc: Service, task: str, sample_id: str, epoch: int | None = None
+) -> HTMLResponse:
     sample = svc.sample(run_ref, task, sample_id, epoch)
     summary = svc.summary(svc.get_run(sample.run_id))
     return render(request, "sample.html", x=sample, s=summary)
 
 
 @router.get("/compare", response_class=HTMLResponse)
-def compare_page(request: Request, svc: Service, a: str | None = None, b: str | None = None,
-                 correction: str = "holm") -> HTMLResponse:
+def compare_page(
+    request: Request, svc: Service, a: str | None = None, b: str | None = None, correction: str = "holm"
+) -> HTMLResponse:
     runs = svc.list_runs()
     result = chart = None
     if a and b:
         result = svc.compare(a, b, correction=correction)
         css = {"better": "better", "worse": "worse", "same": "same"}
         chart = interval_chart(
-            [Interval(label=f"{r.task} · {r.metric}", value=r.diff, low=r.ci_low, high=r.ci_high,
-                      css=css[r.direction] if r.significant else "same",
-                      title=f"p corrected = {r.p_corrected:.3g} ({r.test})") for r in result.comparison.rows],
-            bars=False, title="Paired difference (b - a) with CI")
-    return render(request, "compare.html", runs=runs, a=a or "", b=b or "", correction=correction, r=result,
-                  chart=chart)
+            [
+                Interval(
+                    label=f"{r.task} · {r.metric}",
+                    value=r.diff,
+                    low=r.ci_low,
+                    high=r.ci_high,
+                    css=css[r.direction] if r.significant else "same",
+                    title=f"p corrected = {r.p_corrected:.3g} ({r.test})",
+                )
+                for r in result.comparison.rows
+            ],
+            bars=False,
+            title="Paired difference (b - a) with CI",
+        )
+    return render(
+        request, "compare.html", runs=runs, a=a or "", b=b or "", correction=correction, r=result, chart=chart
+    )

@@ -1,7 +1,8 @@
 """Access control and browser hardening for the dashboard, as one ASGI middleware around the whole app.
 
 - Token: when the app has a token, every request must carry it (``Authorization: Bearer``, the
-  ``X-Evalkeeper-Token`` header, or the cookie set once by visiting ``/?token=...``); compared in constant time.
+  ``X-Evalkeeper-Token`` header, or the cookie set once by visiting ``/?token=...``), compared in
+  constant time.
 - Host check: without a token the app only answers Host headers naming loopback, which defeats DNS rebinding
   (a web page that points its own name at 127.0.0.1 to read the API).
 - Headers: a strict Content-Security-Policy (scripts and styles only from our own /static files, no inline
@@ -83,8 +84,9 @@ def request_token(scope: Scope) -> str | None:
 class SecurityMiddleware:
     """Token check, Host check and security headers for every HTTP response."""
 
-    def __init__(self, app: ASGIApp, token: str | None = None,
-                 allowed_hosts: Iterable[str] | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, token: str | None = None, allowed_hosts: Iterable[str] | None = None
+    ) -> None:
         self.app = app
         self.token = token or None
         self.allowed_hosts = {h.lower() for h in allowed_hosts} if allowed_hosts is not None else None
@@ -101,7 +103,9 @@ class SecurityMiddleware:
             await send(message)
 
         if self.allowed_hosts is not None and _host_name(_header(scope, b"host")) not in self.allowed_hosts:
-            await _plain(send_with_headers, 400, "Host not allowed: the dashboard only answers loopback names.")
+            await _plain(
+                send_with_headers, 400, "Host not allowed: the dashboard only answers loopback names."
+            )
             return
         if self.token is not None:
             query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
@@ -114,8 +118,9 @@ class SecurityMiddleware:
                 return
         await self.app(scope, receive, send_with_headers)
 
-    async def _exchange_query_token(self, scope: Scope, query: list[tuple[str, str]], given: str,
-                                    send: Any) -> None:
+    async def _exchange_query_token(
+        self, scope: Scope, query: list[tuple[str, str]], given: str, send: Any
+    ) -> None:
         """`?token=` once: set an HttpOnly cookie and redirect to the same URL without the token in it."""
         assert self.token is not None
         if not tokens_equal(given, self.token):
@@ -124,18 +129,33 @@ class SecurityMiddleware:
         rest = urlencode([(k, v) for k, v in query if k != "token"])
         location = scope.get("root_path", "") + scope["path"] + (f"?{rest}" if rest else "")
         cookie = f"{TOKEN_COOKIE}={self.token}; HttpOnly; SameSite=Strict; Path=/"
-        await send({"type": "http.response.start", "status": 303,
-                    "headers": [(b"location", location.encode("latin-1", "replace")),
-                                (b"set-cookie", cookie.encode("latin-1")), (b"content-length", b"0"),
-                                (b"cache-control", b"no-store")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 303,
+                "headers": [
+                    (b"location", location.encode("latin-1", "replace")),
+                    (b"set-cookie", cookie.encode("latin-1")),
+                    (b"content-length", b"0"),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": b""})
 
 
 async def _plain(send: Any, status: int, text: str) -> None:
     body = text.encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                            (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -144,10 +164,20 @@ async def _unauthorized(scope: Scope, send: Any) -> None:
         body = b'{"detail":"missing or wrong token"}'
         ctype = b"application/json"
     else:
-        body = (b"401: this dashboard needs a token. Open it with ?token=<token> once, or send the header "
-                b"'Authorization: Bearer <token>'.")
+        body = (
+            b"401: this dashboard needs a token. Open it with ?token=<token> once, or send the header "
+            b"'Authorization: Bearer <token>'."
+        )
         ctype = b"text/plain; charset=utf-8"
-    await send({"type": "http.response.start", "status": 401,
-                "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode()),
-                            (b"www-authenticate", b"Bearer")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [
+                (b"content-type", ctype),
+                (b"content-length", str(len(body)).encode()),
+                (b"www-authenticate", b"Bearer"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -9,16 +9,19 @@ from __future__ import annotations
 import json
 import math
 import threading
-from statistics import NormalDist
 from collections import OrderedDict
+from collections.abc import Callable
+from statistics import NormalDist
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from evalkeeper.core.errors import EvalkeeperError, NotFoundError
 from evalkeeper.core.records import MetricResult, Run
 from evalkeeper.server._env import environment_summary
-from evalkeeper.server._sql import ExplorerQuery
+from evalkeeper.server._index import ExplorerIndex
+from evalkeeper.server._sql import LIST_TEXT_LIMIT, ROW_COLUMNS, ExplorerQuery
 from evalkeeper.server.schemas import (
     ComparisonOut,
     MetricOut,
@@ -39,16 +42,25 @@ _Z95 = NormalDist().inv_cdf(0.975)
 
 def metric_out(m: MetricResult) -> MetricOut:
     return MetricOut(
-        task=m.task, metric=m.metric, value=m.value, stderr=m.stderr, ci_low=m.ci_low, ci_high=m.ci_high,
-        n=m.n, method=m.method, higher_is_better=m.higher_is_better,
+        task=m.task,
+        metric=m.metric,
+        value=m.value,
+        stderr=m.stderr,
+        ci_low=m.ci_low,
+        ci_high=m.ci_high,
+        n=m.n,
+        method=m.method,
+        higher_is_better=m.higher_is_better,
     )
 
 
 class DashboardService:
     """Read-only views of one workspace for the dashboard."""
 
-    def __init__(self, ws: Any) -> None:
+    def __init__(self, ws: Any, use_index: bool = True) -> None:
         self.ws = ws
+        self.use_index = use_index
+        self.index = ExplorerIndex()
         self._counts: OrderedDict[tuple[Any, ...], int] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -66,13 +78,21 @@ class DashboardService:
             if found:
                 headline.append(metric_out(found[0]))
         return RunSummary(
-            run_id=run.run_id, model=run.model.name, backend=run.model.backend, created_at=run.created_at,
-            status=run.status, tags=list(run.tags), tasks=[t.name for t in run.tasks], n_samples=run.n_samples,
-            producer=run.provenance.producer, headline=headline,
+            run_id=run.run_id,
+            model=run.model.name,
+            backend=run.model.backend,
+            created_at=run.created_at,
+            status=run.status,
+            tags=list(run.tags),
+            tasks=[t.name for t in run.tasks],
+            n_samples=run.n_samples,
+            producer=run.provenance.producer,
+            headline=headline,
         )
 
-    def list_runs(self, search: str | None = None, tag: str | None = None,
-                  model: str | None = None) -> list[RunSummary]:
+    def list_runs(
+        self, search: str | None = None, tag: str | None = None, model: str | None = None
+    ) -> list[RunSummary]:
         """Runs newest first; `search` matches id, model, task names, tags and labels (case-insensitive)."""
         runs: list[Run] = self.ws.list_runs(tag=tag or None)
         needle = (search or "").strip().lower()
@@ -81,8 +101,16 @@ class DashboardService:
             if model and run.model.name != model:
                 continue
             if needle:
-                hay = " ".join([run.run_id, run.model.name, run.model.backend, *run.tags,
-                                *(t.name for t in run.tasks), *run.labels.values()]).lower()
+                hay = " ".join(
+                    [
+                        run.run_id,
+                        run.model.name,
+                        run.model.backend,
+                        *run.tags,
+                        *(t.name for t in run.tasks),
+                        *run.labels.values(),
+                    ]
+                ).lower()
                 if needle not in hay:
                     continue
             out.append(self.summary(run))
@@ -101,9 +129,18 @@ class DashboardService:
         return RunDetail(
             summary=self.summary(run, metrics),
             metrics=[metric_out(m) for m in metrics],
-            tasks=[TaskOut(name=t.name, version=t.version, metrics=list(t.metrics), n_shot=t.n_shot,
-                           n_samples=t.n_samples, dataset_fingerprint=t.dataset_fingerprint,
-                           prompt_fingerprint=t.prompt_fingerprint) for t in run.tasks],
+            tasks=[
+                TaskOut(
+                    name=t.name,
+                    version=t.version,
+                    metrics=list(t.metrics),
+                    n_shot=t.n_shot,
+                    n_samples=t.n_samples,
+                    dataset_fingerprint=t.dataset_fingerprint,
+                    prompt_fingerprint=t.prompt_fingerprint,
+                )
+                for t in run.tasks
+            ],
             generation=dict(run.model.generation),
             labels=dict(run.labels),
             provenance=run.provenance.model_dump(exclude_none=True, exclude={"published"}),
@@ -118,15 +155,19 @@ class DashboardService:
         return list(table.to_pylist())
 
     def samples(self, ref: str, q: ExplorerQuery) -> SamplePage:
+        """One page plus the filter's total. Finished runs without text search use the in-memory index."""
         q.validate()
         run = self.get_run(ref)
         if q.task and run.task(q.task) is None:
             raise NotFoundError(f"run {run.run_id} has no task {q.task!r}")
         rows: list[SampleRow] = []
         total = 0
-        if run.n_samples:
+        page = self._indexed_page(run, q) if run.n_samples and self.use_index and run.status != "running" else None
+        if page is not None:
+            total, rows = page
+        elif run.n_samples:
             sql, params = q.count_sql("{rel}")
-            total = self._count(run, sql, params)
+            total = self._count(run, sql, params, lambda s, p: self._sql(run.run_id, s, p))
             if q.offset < total:
                 sql, params = q.page_sql("{rel}")
                 rows = [self._row(r) for r in self._sql(run.run_id, sql, params)]
@@ -134,7 +175,26 @@ class DashboardService:
         return SamplePage(run_id=run.run_id, total=total, page=q.page, page_size=q.page_size, pages=pages,
                           query=SampleQueryOut(**q.__dict__), rows=rows)
 
-    def _count(self, run: Run, sql: str, params: list[Any]) -> int:
+    def _indexed_page(self, run: Run, q: ExplorerQuery) -> tuple[int, list[SampleRow]] | None:
+        """The page from the in-memory index; None when the index cannot answer (search without texts)."""
+        idx = self.index.get(run, self.ws.sample_paths(run.run_id))
+        search = (q.search or "").strip() or None
+        if search and not idx.has_text:
+            return None
+        mask = self.index.mask(idx, task=q.task, metric=q.metric, score_min=q.score_min, score_max=q.score_max,
+                               group=q.group, group_value=q.group_value, search=search)
+        total = idx.n_rows if mask is None else int(mask.sum())
+        positions = self.index.page(idx, mask, q.sort, q.metric, q.order == "desc", q.offset, q.page_size)
+        rows = []
+        for pos, r in zip(positions, self.index.rows(idx, positions, ROW_COLUMNS), strict=True):
+            if idx.has_text:
+                r = _cut_texts(r)
+            s = idx.score[pos]
+            rows.append(self._row({**r, "score": None if np.isnan(s) else float(s)}))
+        return total, rows
+
+    def _count(self, run: Run, sql: str, params: list[Any],
+               run_sql: Callable[[str, list[Any]], list[dict[str, Any]]]) -> int:
         """Total rows of a filter; cached for finished runs, whose Parquet parts never change."""
         key = (run.run_id, run.n_samples, sql, tuple(params))
         cacheable = run.status != "running"
@@ -143,7 +203,7 @@ class DashboardService:
                 if key in self._counts:
                     self._counts.move_to_end(key)
                     return self._counts[key]
-        n = int(self._sql(run.run_id, sql, params)[0]["n"])
+        n = int(run_sql(sql, params)[0]["n"])
         if cacheable:
             with self._lock:
                 self._counts[key] = n
@@ -155,11 +215,18 @@ class DashboardService:
     def _row(r: dict[str, Any]) -> SampleRow:
         score = r.get("score")
         return SampleRow(
-            task=r["task"], sample_id=r["sample_id"], epoch=r.get("epoch") or 0, input=r.get("input") or "",
-            target=r.get("target"), prediction=r.get("prediction"),
+            task=r["task"],
+            sample_id=r["sample_id"],
+            epoch=r.get("epoch") or 0,
+            input=r.get("input") or "",
+            target=r.get("target"),
+            prediction=r.get("prediction"),
             score=None if score is None or _nan(score) else float(score),
-            scores=_clean_scores(r.get("scores")), group=dict(r.get("group") or {}),
-            latency_ms=r.get("latency_ms"), tokens_in=r.get("tokens_in"), tokens_out=r.get("tokens_out"),
+            scores=_clean_scores(r.get("scores")),
+            group=dict(r.get("group") or {}),
+            latency_ms=r.get("latency_ms"),
+            tokens_in=r.get("tokens_in"),
+            tokens_out=r.get("tokens_out"),
             truncated=bool(r.get("truncated")),
         )
 
@@ -167,8 +234,11 @@ class DashboardService:
         run = self.get_run(ref)
         if not run.n_samples:
             raise NotFoundError(f"run {run.run_id} has no stored samples")
-        rows = self._sql(run.run_id, "SELECT * FROM {rel} AS s WHERE task = ? AND sample_id = ? ORDER BY epoch",
-                         [task, sample_id])
+        rows = self._sql(
+            run.run_id,
+            "SELECT * FROM {rel} AS s WHERE task = ? AND sample_id = ? ORDER BY epoch",
+            [task, sample_id],
+        )
         if not rows:
             raise NotFoundError(f"run {run.run_id} has no sample {sample_id!r} in task {task!r}")
         epochs = [int(r.get("epoch") or 0) for r in rows]
@@ -183,18 +253,31 @@ class DashboardService:
         if not isinstance(metadata, dict):
             metadata = {"value": metadata}
         return SampleDetail(
-            run_id=run.run_id, task=chosen["task"], sample_id=chosen["sample_id"], epoch=chosen.get("epoch") or 0,
-            input=chosen.get("input") or "", target=chosen.get("target"), prediction=chosen.get("prediction"),
-            scores=_clean_scores(chosen.get("scores")), group=dict(chosen.get("group") or {}),
-            metadata=metadata, latency_ms=chosen.get("latency_ms"), tokens_in=chosen.get("tokens_in"),
-            tokens_out=chosen.get("tokens_out"), epochs=epochs,
+            run_id=run.run_id,
+            task=chosen["task"],
+            sample_id=chosen["sample_id"],
+            epoch=chosen.get("epoch") or 0,
+            input=chosen.get("input") or "",
+            target=chosen.get("target"),
+            prediction=chosen.get("prediction"),
+            scores=_clean_scores(chosen.get("scores")),
+            group=dict(chosen.get("group") or {}),
+            metadata=metadata,
+            latency_ms=chosen.get("latency_ms"),
+            tokens_in=chosen.get("tokens_in"),
+            tokens_out=chosen.get("tokens_out"),
+            epochs=epochs,
         )
 
     # ---- slices ---------------------------------------------------------------------------------
     def group_attributes(self, run: Run) -> dict[str, list[str]]:
         """Group attribute names per task, from the Parquet (one aggregate query)."""
-        rows = self._sql(run.run_id, "SELECT task, list_sort(list_distinct(flatten(list(map_keys(\"group\"))))) "
-                                     "AS keys FROM {rel} AS s GROUP BY task ORDER BY task", [])
+        rows = self._sql(
+            run.run_id,
+            'SELECT task, list_sort(list_distinct(flatten(list(map_keys("group"))))) '
+            "AS keys FROM {rel} AS s GROUP BY task ORDER BY task",
+            [],
+        )
         return {r["task"]: [k for k in (r["keys"] or []) if k is not None] for r in rows}
 
     def slices(self, ref: str, task: str, attribute: str, metric: str | None = None) -> SliceReport:
@@ -210,18 +293,27 @@ class DashboardService:
             raise NotFoundError(f"run {run.run_id} has no stored samples")
         agg = "count(scores[?]) AS n, avg(scores[?]) AS mean, stddev_samp(scores[?]) AS sd"
         base = "FROM {rel} AS s WHERE task = ? AND scores[?] IS NOT NULL"
-        rows = self._sql(run.run_id, f"SELECT coalesce(\"group\"[?], '(missing)') AS value, {agg} {base} "
-                                     "GROUP BY ALL ORDER BY value", [attribute, *[metric] * 3, task, metric])
+        rows = self._sql(
+            run.run_id,
+            f"SELECT coalesce(\"group\"[?], '(missing)') AS value, {agg} {base} GROUP BY ALL ORDER BY value",
+            [attribute, *[metric] * 3, task, metric],
+        )
         if not rows:
             raise NotFoundError(f"no scores for metric {metric!r} in task {task!r}")
         overall = self._sql(run.run_id, f"SELECT {agg} {base}", [*[metric] * 3, task, metric])[0]
-        return SliceReport(run_id=run.run_id, task=task, metric=metric, attribute=attribute,
-                           overall=_slice_row("overall", overall),
-                           slices=[_slice_row(r["value"], r) for r in rows])
+        return SliceReport(
+            run_id=run.run_id,
+            task=task,
+            metric=metric,
+            attribute=attribute,
+            overall=_slice_row("overall", overall),
+            slices=[_slice_row(r["value"], r) for r in rows],
+        )
 
     # ---- comparison -----------------------------------------------------------------------------
-    def compare(self, ref_a: str, ref_b: str, alpha: float = 0.05, correction: str = "holm",
-                max_flip_ids: int = 1000) -> ComparisonOut:
+    def compare(
+        self, ref_a: str, ref_b: str, alpha: float = 0.05, correction: str = "holm", max_flip_ids: int = 1000
+    ) -> ComparisonOut:
         """Paired comparison of b against a (statistics from `evalkeeper.analysis.compare`)."""
         from evalkeeper.analysis.compare import compare_runs
 
@@ -230,10 +322,27 @@ class DashboardService:
         if correction not in ("holm", "bh", "none"):
             raise EvalkeeperError(f"unknown correction {correction!r}", hint="use holm, bh or none")
         run_a, run_b = self.get_run(ref_a), self.get_run(ref_b)
-        result = compare_runs(self.ws, run_a.run_id, run_b.run_id, alpha=alpha,
-                              correction=correction,  # type: ignore[arg-type]
-                              max_flip_ids=max_flip_ids)
+        result = compare_runs(
+            self.ws,
+            run_a.run_id,
+            run_b.run_id,
+            alpha=alpha,
+            correction=correction,  # type: ignore[arg-type]
+            max_flip_ids=max_flip_ids,
+        )
         return ComparisonOut(run_a=self.summary(run_a), run_b=self.summary(run_b), comparison=result)
+
+
+def _cut_texts(row: dict[str, Any]) -> dict[str, Any]:
+    """Listing rows carry at most LIST_TEXT_LIMIT characters per text, like the SQL path's left(...)."""
+    truncated = False
+    for name in ("input", "target", "prediction"):
+        text = row.get(name)
+        if text is not None and len(text) > LIST_TEXT_LIMIT:
+            row[name] = text[:LIST_TEXT_LIMIT]
+            truncated = True
+    row["truncated"] = truncated
+    return row
 
 
 def _slice_row(value: str, agg: dict[str, Any]) -> SliceRow:

@@ -1,0 +1,278 @@
+"""An in-memory explorer index per finished run, so filters, sorts, counts and search stay fast at 1M+ samples.
+
+Scanning Parquet on every request means decoding map columns (scores, groups), sorting the whole run and
+reading whole row groups of text for a 50-row page: seconds at 1,000,000 samples. The index loads a run
+once into Arrow (texts included while they fit in a memory budget), then answers a page with numpy:
+boolean masks for filters, a cached stable sort order per sort key (so ties keep storage order and paging
+is deterministic), and `take` for the page's rows. Runs whose texts exceed the budget keep only the small
+columns in memory; their rows are read from Parquet by row number and text search goes to DuckDB.
+Runs that are still being written are never indexed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from evalkeeper.core.records import Run
+
+TEXT_COLUMNS = ("input", "target", "prediction")
+SMALL_COLUMNS = ("task", "sample_id", "epoch", "scores", "group", "latency_ms", "tokens_in", "tokens_out")
+TEXT_BUDGET_BYTES = 1 << 30  # texts of all cached runs together; beyond it a run's texts stay in Parquet
+SEARCH_CACHE = 32  # search masks kept per run (one bool per sample each)
+
+
+def _q(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+@dataclass
+class RunIndex:
+    """One run in memory: an Arrow table (row i = i-th row of the parts in order) plus cached derived arrays."""
+
+    table: pa.Table
+    parts: list[Path]
+    part_starts: np.ndarray  # first row of each part
+    has_text: bool
+    score: np.ndarray  # the task's primary metric, NaN where missing
+    _cache: dict[tuple[str, ...], Any] = field(default_factory=dict)
+    _searches: OrderedDict[str, np.ndarray] = field(default_factory=OrderedDict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.table.num_rows)
+
+    @property
+    def text_bytes(self) -> int:
+        """Texts plus their lowered search copy (built on the first search)."""
+        if not self.has_text:
+            return 0
+        return 2 * sum(int(self.table.column(c).nbytes) for c in TEXT_COLUMNS)
+
+    def _cached(self, key: tuple[str, ...], make: Any) -> Any:
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        value = make()
+        with self._lock:
+            self._cache[key] = value
+        return value
+
+    def metric(self, name: str) -> np.ndarray:
+        """Float values of one metric (NaN where a sample lacks it)."""
+        def make() -> np.ndarray:
+            col = pc.map_lookup(self.table.column("scores"), pa.scalar(name), "first")
+            return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+
+        return self._cached(("metric", name), make)  # type: ignore[no-any-return]
+
+    def group(self, name: str) -> pa.ChunkedArray:
+        return self._cached(("group", name),
+                            lambda: pc.map_lookup(self.table.column("group"), pa.scalar(name), "first"))
+
+    def equals(self, kind: str, name: str, value: str | None) -> np.ndarray:
+        """Rows where a string column (task, or a group attribute) equals `value` (None: is present)."""
+        def make() -> tuple[dict[str, int], np.ndarray]:
+            col = self.table.column("task") if kind == "task" else self.group(name)
+            enc = pc.dictionary_encode(col).combine_chunks()
+            codes = np.asarray(pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
+            return {str(v): i for i, v in enumerate(enc.dictionary.to_pylist())}, codes
+
+        lookup, codes = self._cached(("codes", kind, name), make)
+        if value is None:
+            return codes >= 0  # type: ignore[no-any-return]
+        code = lookup.get(value)
+        return np.zeros(len(codes), dtype=bool) if code is None else codes == code
+
+    def search(self, needle: str) -> np.ndarray:
+        """Rows whose input, prediction or target contains `needle`, ignoring case.
+
+        Texts are lowered once into one byte buffer (each row's fields joined and ended by NUL), and the
+        needle is matched with numpy: positions of its rarest byte, then the other bytes checked at those
+        candidates only. A whole-run scan is one vectorized comparison instead of a per-row matcher.
+        """
+        with self._lock:
+            if needle in self._searches:  # paging through one search reuses its mask
+                self._searches.move_to_end(needle)
+                return self._searches[needle]
+        data, offsets, counts = self._cached(("search",), self._search_buffer)
+        key = np.frombuffer(needle.lower().replace("\x00", "").encode("utf-8"), dtype=np.uint8)
+        hit = np.zeros(self.n_rows, dtype=bool)
+        if key.size == 0:
+            hit[:] = True
+            return hit
+        anchor = int(np.argmin(counts[key]))
+        cand = np.flatnonzero(data == key[anchor]) - anchor
+        cand = cand[(cand >= 0) & (cand + key.size <= data.size)]
+        for k in range(key.size):
+            if k != anchor and cand.size:
+                cand = cand[data[cand + k] == key[k]]
+        hit[np.searchsorted(offsets, cand, side="right") - 1] = True
+        with self._lock:
+            self._searches[needle] = hit
+            while len(self._searches) > SEARCH_CACHE:
+                self._searches.popitem(last=False)
+        return hit
+
+    def _search_buffer(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cols = [pc.utf8_lower(pc.fill_null(self.table.column(c), "")) for c in TEXT_COLUMNS]
+        sep = pa.scalar("\x00", pa.large_string())
+        joined = pc.binary_join_element_wise(*cols, pa.scalar("", pa.large_string()), sep).combine_chunks()
+        joined = joined.cast(pa.large_string())
+        bufs = joined.buffers()
+        offsets = np.frombuffer(bufs[1], dtype=np.int64)[joined.offset:joined.offset + len(joined) + 1].copy()
+        data = np.frombuffer(bufs[2], dtype=np.uint8).copy() if bufs[2] is not None else np.zeros(0, np.uint8)
+        return data, offsets, np.bincount(data, minlength=256)
+
+    def sort_key(self, sort: str, metric: str | None) -> pa.Array | np.ndarray:
+        if sort == "score":
+            return self.metric(metric) if metric else self.score
+        return self.table.column(sort)
+
+    def order(self, sort: str, metric: str | None, descending: bool) -> np.ndarray:
+        """Row numbers sorted by the key (nulls/NaN last); stable, so ties stay in storage order."""
+        def make() -> np.ndarray:
+            key = self.sort_key(sort, metric)
+            arr = pa.array(key, from_pandas=True) if isinstance(key, np.ndarray) else key
+            order = "descending" if descending else "ascending"
+            idx = pc.sort_indices(pa.table({"k": arr}), sort_keys=[("k", order, "at_end")])
+            return np.asarray(idx.to_numpy(), dtype=np.int64)
+
+        return self._cached(("order", sort, metric or "", "desc" if descending else "asc"), make)  # type: ignore
+
+
+def _read_part(path: Path, with_text: bool) -> pa.Table:
+    cols = [*SMALL_COLUMNS, *(TEXT_COLUMNS if with_text else ())]
+    return pq.read_table(path, columns=cols)
+
+
+def _primary_score(run: Run, table: pa.Table, metric_of: Any) -> np.ndarray:
+    """Same rule as the store's `score` column: the task's first metric, else the first score stored."""
+    scores = table.column("scores").combine_chunks()
+    offsets = np.asarray(scores.offsets.to_numpy(), dtype=np.int64)
+    items = np.asarray(scores.items.to_numpy(zero_copy_only=False), dtype=np.float64)
+    has_any = offsets[1:] > offsets[:-1]
+    first = np.full(len(scores), np.nan)
+    if items.size:
+        first[has_any] = items[offsets[:-1][has_any]]
+    out = first
+    tasks = table.column("task")
+    for t in run.tasks:
+        if t.metrics:
+            mask = np.asarray(pc.fill_null(pc.equal(tasks, t.name), False).to_numpy(zero_copy_only=False))
+            out = np.where(mask, metric_of(t.metrics[0]), out)
+    return out
+
+
+class ExplorerIndex:
+    """Builds run indexes lazily (least recently used evicted) and serves pages from them."""
+
+    def __init__(self, max_runs: int = 4, text_budget: int = TEXT_BUDGET_BYTES) -> None:
+        self._lock = threading.Lock()
+        self._build_locks: dict[str, threading.Lock] = {}
+        self._indexes: OrderedDict[tuple[str, int], RunIndex] = OrderedDict()
+        self._duck = duckdb.connect(":memory:")
+        self.max_runs = max_runs
+        self.text_budget = text_budget
+
+    def get(self, run: Run, parts: list[Path]) -> RunIndex:
+        key = (run.run_id, run.n_samples)
+        with self._lock:
+            found = self._indexes.get(key)
+            if found is not None:
+                self._indexes.move_to_end(key)
+                return found
+            build_lock = self._build_locks.setdefault(run.run_id, threading.Lock())
+        with build_lock:  # concurrent first requests build once
+            with self._lock:
+                if key in self._indexes:
+                    return self._indexes[key]
+                used = sum(i.text_bytes for i in self._indexes.values())
+            index = self._build(run, parts, text_room=self.text_budget - used)
+            with self._lock:
+                self._indexes[key] = index
+                while len(self._indexes) > self.max_runs:
+                    self._indexes.popitem(last=False)
+            return index
+
+    def _build(self, run: Run, parts: list[Path], text_room: int) -> RunIndex:
+        # Parquet metadata gives the uncompressed text size, so the budget is checked before reading texts.
+        text_size = 0
+        for p in parts:
+            meta = pq.ParquetFile(p).metadata
+            names = meta.schema.names
+            for rg in range(meta.num_row_groups):
+                group = meta.row_group(rg)
+                text_size += sum(group.column(i).total_uncompressed_size for i in range(group.num_columns)
+                                 if names[i] in TEXT_COLUMNS)
+        with_text = 2 * text_size <= text_room  # texts + their lowered search copy
+        tables = [_read_part(p, with_text) for p in parts]
+        starts = np.cumsum([0] + [t.num_rows for t in tables[:-1]]).astype(np.int64)
+        table = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
+        table = table.combine_chunks()  # `take` on many chunks would concatenate them on every page
+        index = RunIndex(table=table, parts=list(parts), part_starts=starts, has_text=with_text,
+                         score=np.empty(0))
+        index.score = _primary_score(run, table, index.metric)
+        return index
+
+    # ---- queries ----------------------------------------------------------------------------------
+    def mask(self, index: RunIndex, *, task: str | None, metric: str | None, score_min: float | None,
+             score_max: float | None, group: str | None, group_value: str | None,
+             search: str | None) -> np.ndarray | None:
+        """Boolean row mask of the filters (None: every row). `search` needs `index.has_text`."""
+        masks: list[np.ndarray] = []
+        if task:
+            masks.append(index.equals("task", "", task))
+        values = index.metric(metric) if metric else index.score
+        if score_min is not None:
+            masks.append(values >= score_min)
+        if score_max is not None:
+            masks.append(values <= score_max)
+        if metric and score_min is None and score_max is None:
+            masks.append(~np.isnan(values))
+        if group:
+            masks.append(index.equals("group", group, group_value))
+        if search:
+            masks.append(index.search(search))
+        if not masks:
+            return None
+        out = masks[0]
+        for m in masks[1:]:
+            out = out & m
+        return out
+
+    def page(self, index: RunIndex, mask: np.ndarray | None, sort: str, metric: str | None,
+             descending: bool, offset: int, limit: int) -> list[int]:
+        order = index.order(sort, metric, descending)
+        selected = order if mask is None else order[mask[order]]
+        return [int(i) for i in selected[offset:offset + limit]]
+
+    def rows(self, index: RunIndex, positions: list[int], parquet_columns: str) -> list[dict[str, Any]]:
+        """Rows at `positions` (in that order): from memory, or from Parquet by row number."""
+        if not positions:
+            return []
+        if index.has_text:
+            return list(index.table.take(pa.array(positions, pa.int64())).to_pylist())
+        parts = np.searchsorted(index.part_starts, positions, side="right") - 1
+        found: dict[int, dict[str, Any]] = {}
+        for part in sorted(set(int(p) for p in parts)):
+            local = [pos - int(index.part_starts[part]) for pos, pp in zip(positions, parts, strict=True)
+                     if pp == part]
+            sql = (f"SELECT file_row_number AS rn, {parquet_columns} FROM "
+                   f"read_parquet({_q(str(index.parts[part]))}, file_row_number=true) "
+                   f"WHERE file_row_number IN ({', '.join(str(r) for r in local)})")
+            with self._lock:
+                cur = self._duck.cursor()
+            for row in cur.sql(sql).to_arrow_table().to_pylist():
+                found[int(index.part_starts[part]) + int(row.pop("rn"))] = row
+        return [found[p] for p in positions if p in found]
