@@ -190,3 +190,47 @@ def test_chart_ticks_and_labels() -> None:
     assert len(ticks) == len(set(ticks)) >= 3 and "0.000" in ticks  # distinct labels at fine scales
     assert "a&lt;script&gt;" in svg and "<script>" not in svg and "t&amp;t" in svg
     assert "-0.001 [-0.004, 0.001]" in svg
+
+
+POLICY = """
+version: 1
+name: release
+baseline: prod
+rules:
+  - id: no-regression
+    kind: no_regression
+    task: "*"
+    max_drop: 0.02
+  - id: arith-floor
+    kind: threshold
+    task: arith
+    metric: acc
+    min: 0.5
+    on: ci
+"""
+
+
+def test_real_gate_run_in_report(workspace: Workspace) -> None:
+    from evalkeeper.gates import parse_policy, run_gate
+
+    base = make_run(workspace, tasks=("arith", "mc"), n=300, seed=1, p=0.8)
+    cand = make_run(workspace, tasks=("arith", "mc"), n=300, seed=2, p={"arith": 0.6, "mc": 0.8})
+    workspace.set_baseline("prod", base.run_id)
+    live = run_gate(workspace, cand.run_id, parse_policy(POLICY, "gates.yaml"))
+    assert not live.passed
+    stored = build_report(workspace, cand.run_id).gate  # from the audit log
+    given = build_report(workspace, cand.run_id, gate_report=live).gate  # from the live GateReport
+    for g in (stored, given):
+        assert g is not None and g.verdict == "fail" and g.decision_id == live.decision_id
+        assert g.policy_sha256 == live.policy_sha256
+        by_name = {r.name: r for r in g.rules}
+        failed = by_name["no-regression (arith/acc)"]
+        want = next(v for v in live.verdicts if v.rule_id == "no-regression" and v.task == "arith")
+        assert failed.verdict == "fail" and failed.evidence["diff"] == want.diff
+        assert failed.evidence["p_corrected"] == want.p_corrected
+        assert by_name["arith-floor (arith/acc)"].verdict == want_status(live, "arith-floor")
+    assert given is not None and given.rules[0].message  # the live report carries each rule's reason
+
+
+def want_status(report: object, rule_id: str) -> str:
+    return next(v.status for v in report.verdicts if v.rule_id == rule_id)  # type: ignore[attr-defined]

@@ -8,10 +8,11 @@ from importlib import metadata as md
 from typing import Any
 
 from evalkeeper.core.errors import EvalkeeperError
-from evalkeeper.core.records import Decision, MetricResult, Run
+from evalkeeper.core.records import MetricResult, Run
 from evalkeeper.store import Workspace
 
 from ._charts import fmt
+from ._gates import gate_section
 from ._model import (
     Comparison,
     ComparisonRow,
@@ -19,7 +20,6 @@ from ._model import (
     EnvironmentSummary,
     Estimate,
     ExecutiveSummary,
-    GateRule,
     GateSummary,
     MetricRow,
     ReportData,
@@ -72,9 +72,7 @@ def metric_rows(ws: Workspace, run: Run) -> tuple[list[MetricRow], dict[str, str
     primary = primary_metrics(run, stored)
     notes: list[str] = []
     computed: dict[tuple[str, str], Estimate] | None = None
-    needs_samples = (
-        not stored or any(_estimate_from_result(m).ci_low is None for m in stored)
-    ) and run.n_samples
+    needs_samples = (not stored or any(_estimate_from_result(m).ci_low is None for m in stored)) and run.n_samples
     if needs_samples:
         computed = metric_estimates(ws, run)
     rows: list[MetricRow] = []
@@ -118,9 +116,7 @@ def metric_rows(ws: Workspace, run: Run) -> tuple[list[MetricRow], dict[str, str
     return rows, primary, notes
 
 
-def comparison_section(
-    ws: Workspace, run: Run, compare: str, comparison: Any = None
-) -> tuple[Comparison, list[str]]:
+def comparison_section(ws: Workspace, run: Run, compare: str, comparison: Any = None) -> tuple[Comparison, list[str]]:
     """Paired comparison candidate (this run) vs the baseline, from `evalkeeper.analysis.compare_runs`."""
     from evalkeeper.analysis import compare_runs
 
@@ -173,79 +169,6 @@ def comparison_section(
     ), notes
 
 
-def _as_dict(obj: Any) -> dict[str, Any]:
-    if obj is None:
-        return {}
-    if isinstance(obj, dict):
-        return obj
-    if hasattr(obj, "model_dump"):
-        return dict(obj.model_dump(mode="json"))
-    if hasattr(obj, "as_dict"):
-        return dict(obj.as_dict())
-    raise EvalkeeperError(f"cannot read a gate report of type {type(obj).__name__}")
-
-
-def gate_section(ws: Workspace, run: Run, gate_report: Any = None) -> GateSummary | None:
-    """The given gate report, else the latest gate Decision recorded for this run in the audit log."""
-    decision: Decision | None = None
-    if gate_report is None:
-        found = ws.list_decisions(subject=run.run_id, kind="gate")
-        if not found:
-            return None
-        decision = max(found, key=lambda d: (d.seq or 0, d.created_at))
-        data = dict(decision.details)
-    elif isinstance(gate_report, Decision):
-        decision = gate_report
-        data = dict(decision.details)
-    else:
-        data = _as_dict(gate_report)
-    raw_rules = data.get("rules") or data.get("verdicts") or data.get("results") or []
-    rules = []
-    for r in raw_rules if isinstance(raw_rules, list) else []:
-        r = _as_dict(r)
-        name = str(r.get("name") or r.get("rule") or r.get("id") or "rule")
-        verdict = str(r.get("verdict") or r.get("status") or ("pass" if r.get("passed") else "fail"))
-        message = r.get("message") or r.get("explanation") or r.get("reason")
-        evidence = r.get("evidence")
-        if not isinstance(evidence, dict):
-            evidence = {
-                k: v
-                for k, v in r.items()
-                if k not in {"name", "rule", "id", "verdict", "status", "message", "explanation", "reason"}
-            }
-        rules.append(
-            GateRule(
-                name=name,
-                verdict=verdict,
-                message=str(message) if message else None,
-                evidence=_jsonable(evidence),
-            )
-        )
-    verdict = str(
-        (decision.verdict if decision else None) or data.get("verdict") or data.get("status") or "unknown"
-    )
-    policy = data.get("policy") or data.get("policy_path")
-    return GateSummary(
-        decision_id=decision.decision_id if decision else None,
-        verdict=verdict,
-        created_at=decision.created_at if decision else None,
-        policy=str(policy) if policy else None,
-        policy_sha256=data.get("policy_sha256"),
-        rules=rules,
-    )
-
-
-def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, float) and not math.isfinite(v):
-            v = None
-        elif not isinstance(v, (str, int, float, bool, type(None), list, dict)):
-            v = str(v)
-        out[str(k)] = v
-    return out
-
-
 def environment_section(run: Run) -> EnvironmentSummary | None:
     if not run.environment:
         return None
@@ -257,9 +180,7 @@ def environment_section(run: Run) -> EnvironmentSummary | None:
         if v is not None and isinstance(v, (str, int, float, bool))
     }
     pk = run.environment.get("packages") or {}
-    packages = {
-        name: str(pk[name]) for name in SCORE_RELEVANT_PACKAGES if isinstance(pk, dict) and name in pk
-    }
+    packages = {name: str(pk[name]) for name in SCORE_RELEVANT_PACKAGES if isinstance(pk, dict) and name in pk}
     return EnvironmentSummary(items=items, packages=packages)
 
 

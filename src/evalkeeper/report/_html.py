@@ -104,7 +104,7 @@ def _evidence(ev: dict[str, Any]) -> str:
             v = _pval(v) if _is_p_value(k) else fmt(v)
         elif isinstance(v, (dict, list)):
             v = json.dumps(v, default=str)[:160]
-        parts.append(f"{k}={v}")
+        parts.append(f"{k} {v}" if isinstance(v, str) and v.startswith("<") else f"{k}={v}")
     return "; ".join(parts)
 
 
