@@ -235,6 +235,8 @@ def _build(results_file: Path, data: dict[str, Any]) -> ImportedRun:
         by_name: dict[str, MetricResult] = {}
         filters: list[str] = []
         for (metric, filt), (value, stderr) in parsed.items():
+            if math.isnan(value):
+                continue  # a metric lm-eval could not compute has no value to carry (its samples keep theirs)
             mname = metric_name(metric, filt)
             if filt not in filters:
                 filters.append(filt)
