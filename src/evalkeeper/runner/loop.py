@@ -1,0 +1,320 @@
+"""The evaluation loop: tasks x model -> scored samples in Parquet and metrics in the store.
+
+Crash safety: the run record is saved with status "running" before any model call; samples are
+appended in atomically written Parquet parts; the run becomes "complete" (with its metrics, in one
+SQL transaction) only after every sample is stored. Running the same command again finds the
+unfinished run by its config fingerprint and only asks for the samples it does not have yet, so
+after a `kill -9` every sample ends up stored exactly once. Responses are cached per request in
+the workspace, so a repeated run costs no model calls (and does not even load local weights).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from evalkeeper import __version__
+from evalkeeper.core.errors import ConfigError
+from evalkeeper.core.ids import fingerprint, new_run_id
+from evalkeeper.core.records import MetricResult, Provenance, Run, Sample, utcnow
+from evalkeeper.runner.backends.base import Backend, ChoiceRequest, GenerateRequest, Request, Result, request_key
+from evalkeeper.runner.cache import ResponseCache
+from evalkeeper.runner.metrics import ScoredItem, aggregate, metric_keys, score_item
+from evalkeeper.runner.tasks import Doc, LoadedTask, TaskSpec, limit_docs
+from evalkeeper.store import Workspace
+from evalkeeper.store.samples import SampleWriter
+
+RESUMABLE = ("running", "failed")
+
+
+@dataclass
+class RunOptions:
+    limit: int | None = None
+    seed: int = 1234
+    use_cache: bool = True
+    progress: bool = True
+    tags: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    max_new_tokens: int | None = None  # overrides every task's generation.max_new_tokens
+    temperature: float | None = None
+    command: str | None = None
+    flush_every: int = 256
+    flush_seconds: float = 5.0
+    resume: bool = True
+
+
+@dataclass
+class RunOutcome:
+    run: Run
+    metrics: list[MetricResult]
+    resumed: bool
+    model_calls: int
+    cache_hits: int
+    seconds: float
+
+
+def build_request(spec: TaskSpec, doc: Doc, opts: RunOptions) -> Request:
+    if spec.kind == "multiple_choice":
+        assert doc.choices is not None
+        return ChoiceRequest(prompt=doc.prompt, choices=tuple(doc.choices), system=spec.system_prompt,
+                             chat=spec.chat, seed=opts.seed)
+    g = spec.generation
+    return GenerateRequest(prompt=doc.prompt, system=spec.system_prompt, chat=spec.chat,
+                           max_new_tokens=opts.max_new_tokens or g.max_new_tokens,
+                           temperature=g.temperature if opts.temperature is None else opts.temperature,
+                           top_p=g.top_p, stop=tuple(g.stop), seed=opts.seed)
+
+
+def extract_answer(spec: TaskSpec, text: str | None) -> str | None:
+    """Apply the task's `answer_regex` (first match; group 1 when the pattern has a group)."""
+    if text is None or not spec.answer_regex:
+        return text
+    m = re.search(spec.answer_regex, text)
+    if not m:
+        return text
+    return m.group(1) if m.groups() else m.group(0)
+
+
+def score_sample(spec: TaskSpec, prediction: str | None, targets: list[str], choices: list[str] | None,
+                 gold: int | None, chosen: int | None, group: dict[str, str],
+                 metadata: dict[str, Any]) -> dict[str, float]:
+    item = ScoredItem(prediction=extract_answer(spec, prediction), targets=targets, choices=choices,
+                      gold_index=gold, chosen_index=chosen, group=group, metadata=metadata)
+    return score_item(item, spec.metrics)
+
+
+def make_sample(run_id: str, spec: TaskSpec, doc: Doc, res: Result, cached: bool) -> Sample:
+    meta: dict[str, Any] = dict(doc.metadata)
+    if len(doc.targets) > 1:
+        meta["targets"] = doc.targets
+    if doc.choices is not None:
+        meta.update(choices=doc.choices, gold_index=doc.gold_index, chosen_index=res.chosen_index)
+    if spec.answer_regex:
+        meta["extracted"] = extract_answer(spec, res.text)
+    if res.extra:
+        meta["backend"] = res.extra
+    if cached:
+        meta["cached"] = True
+    scores = score_sample(spec, res.text, doc.targets, doc.choices, doc.gold_index, res.chosen_index,
+                          doc.group, meta)
+    return Sample(run_id=run_id, task=spec.name, sample_id=doc.sample_id, input=doc.prompt,
+                  target=doc.targets[0], prediction=res.text, scores=scores, logprobs=res.choice_logprobs,
+                  group=doc.group, metadata=meta, latency_ms=res.latency_ms, tokens_in=res.tokens_in,
+                  tokens_out=res.tokens_out)
+
+
+def config_fingerprint(backend: Backend, tasks: list[LoadedTask], selected: dict[str, list[Doc]],
+                       opts: RunOptions) -> str:
+    """What makes two invocations 'the same run' for resume: model, tasks, data, prompts, items, params."""
+    return fingerprint({
+        "model": backend.identity(),
+        "tasks": [{"spec": t.spec.model_dump(mode="json"), "data": t.dataset_fingerprint,
+                   "prompt": t.prompt_fingerprint, "items": [d.sample_id for d in selected[t.spec.name]]}
+                  for t in tasks],
+        "limit": opts.limit, "seed": opts.seed, "max_new_tokens": opts.max_new_tokens,
+        "temperature": opts.temperature,
+    })
+
+
+def _environment() -> dict[str, Any] | None:
+    try:
+        from evalkeeper.bundle.env import capture_environment
+    except ImportError:
+        return None
+    return capture_environment()
+
+
+def _find_resumable(ws: Workspace, fp: str) -> Run | None:
+    candidates = [r for r in ws.list_runs() if r.status in RESUMABLE and r.labels.get("config_fingerprint") == fp]
+    return max(candidates, key=lambda r: r.created_at) if candidates else None
+
+
+def _done_ids(ws: Workspace, run_id: str) -> set[tuple[str, str]]:
+    if not ws.sample_paths(run_id):
+        return set()
+    t = ws.query_samples(run_id, columns=["task", "sample_id"])
+    return set(zip(t.column("task").to_pylist(), t.column("sample_id").to_pylist(), strict=True))
+
+
+def compute_metrics(ws: Workspace, run: Run) -> list[MetricResult]:
+    """Aggregate every task's stored per-sample scores (mean, CLT SE, 95% CI)."""
+    out: list[MetricResult] = []
+    for info in run.tasks:
+        if not ws.sample_paths(run.run_id):
+            break
+        t = ws.query_samples(run.run_id, task=info.name, columns=["scores"])
+        per_sample = [dict(s or []) for s in t.column("scores").to_pylist()]
+        out.extend(aggregate(run.run_id, info.name, info.metrics, per_sample))
+    return out
+
+
+class _Sink:
+    """Buffers samples and fresh responses; writes a Parquet part (and cache rows) every N samples or T s."""
+
+    def __init__(self, writer: SampleWriter, cache: ResponseCache | None, opts: RunOptions) -> None:
+        self.writer = writer
+        self.cache = cache
+        self.every = opts.flush_every
+        self.seconds = opts.flush_seconds
+        self.samples: list[Sample] = []
+        self.fresh: list[tuple[str, Result]] = []
+        self.last = time.monotonic()
+
+    def add(self, sample: Sample, fresh: tuple[str, Result] | None = None) -> None:
+        self.samples.append(sample)
+        if fresh is not None:
+            self.fresh.append(fresh)
+        if len(self.samples) >= self.every or time.monotonic() - self.last > self.seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        # Cache first: a crash between the two only means the resumed run re-reads these from the cache.
+        if self.cache is not None and self.fresh:
+            self.cache.put_many(self.fresh)
+        self.fresh = []
+        if self.samples:
+            self.writer.write(self.samples)
+        self.samples = []
+        self.last = time.monotonic()
+
+
+class _Progress:
+    """Rich progress bar (stderr) with rate and ETA; a no-op when disabled."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.bar: Any = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TaskProgressColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                            TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True),
+                            transient=False)
+        self.bar.start()
+        self.overall = self.bar.add_task("all tasks", total=total, rate="")
+        self.current: Any = None
+
+    def task(self, name: str, total: int, done: int) -> None:
+        if self.bar is not None:
+            self.current = self.bar.add_task(name, total=total, completed=done, rate="")
+            self.bar.advance(self.overall, done)
+
+    def advance(self, n: int = 1) -> None:
+        if self.bar is None:
+            return
+        for tid in (self.current, self.overall):
+            self.bar.advance(tid, n)
+            speed = self.bar.tasks[tid].speed if tid < len(self.bar.tasks) else None
+            self.bar.update(tid, rate=f"{speed:.1f}/s" if speed else "")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+async def _evaluate(ws: Workspace, backend: Backend, tasks: list[LoadedTask], opts: RunOptions,
+                    on_run: Callable[[Run], None] | None) -> RunOutcome:
+    t0 = time.perf_counter()
+    selected = {t.spec.name: limit_docs(t.docs, opts.limit, opts.seed) for t in tasks}
+    fp = config_fingerprint(backend, tasks, selected, opts)
+    run = _find_resumable(ws, fp) if opts.resume else None
+    resumed = run is not None
+    if run is None:
+        generation: dict[str, Any] = {"seed": opts.seed}
+        if opts.max_new_tokens is not None:
+            generation["max_new_tokens"] = opts.max_new_tokens
+        if opts.temperature is not None:
+            generation["temperature"] = opts.temperature
+        run = Run(run_id=new_run_id(), model=backend.info().model_copy(update={"generation": generation}),
+                  tasks=[t.info(opts.seed, len(selected[t.spec.name])) for t in tasks], started_at=utcnow(),
+                  status="running", environment=_environment(),
+                  provenance=Provenance(producer="evalkeeper", producer_version=__version__, command=opts.command),
+                  tags=list(opts.tags), labels={**opts.labels, "config_fingerprint": fp}, seed=opts.seed)
+    else:
+        run = run.model_copy(update={"status": "running"})
+    ws.save_run(run)
+    if on_run:
+        on_run(run)
+    cache = ResponseCache(ws.home / "cache" / "responses.sqlite3") if opts.use_cache else None
+    done = _done_ids(ws, run.run_id)
+    total = sum(len(d) for d in selected.values())
+    progress = _Progress(opts.progress, total)
+    model_calls = cache_hits = 0
+    identity = backend.identity()
+    writer = ws.sample_writer(run.run_id)
+    sink = _Sink(writer, cache, opts)
+    try:
+        for task in tasks:
+            docs = selected[task.spec.name]
+            todo = [d for d in docs if (task.spec.name, d.sample_id) not in done]
+            progress.task(task.spec.name, len(docs), len(docs) - len(todo))
+            requests = [build_request(task.spec, d, opts) for d in todo]
+            keys = [request_key(identity, r) for r in requests]
+            hits = cache.get_many(keys) if cache is not None else {}
+            for doc, key in zip(todo, keys, strict=True):
+                if key in hits:
+                    sink.add(make_sample(run.run_id, task.spec, doc, hits[key], cached=True))
+                    cache_hits += 1
+                    progress.advance()
+            missing = [i for i, key in enumerate(keys) if key not in hits]
+            if missing:
+                await backend.start()
+                async for j, res in backend.run([requests[i] for i in missing]):
+                    i = missing[j]
+                    model_calls += 1
+                    sink.add(make_sample(run.run_id, task.spec, todo[i], res, cached=False), (keys[i], res))
+                    progress.advance()
+            sink.flush()
+    except BaseException as exc:
+        progress.close()
+        if isinstance(exc, Exception):  # a crash (kill -9) never gets here; the run stays "running"
+            with contextlib.suppress(Exception):
+                sink.flush()  # keep the answers we already paid for
+            ws.save_run(run.model_copy(update={"status": "failed", "labels": {
+                **run.labels, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}}))
+        raise
+    finally:
+        writer.close()
+        if cache is not None:
+            cache.close()
+        await backend.close()
+    progress.close()
+    metrics = compute_metrics(ws, run)
+    n = ws.count_samples(run.run_id) if ws.sample_paths(run.run_id) else 0
+    if n != total:
+        raise ConfigError(f"run {run.run_id} has {n} stored samples, expected {total}",
+                          hint="the samples folder was changed while the run was going; re-run the command")
+    labels = {k: v for k, v in run.labels.items() if k != "error"}
+    run = run.model_copy(update={"status": "complete", "finished_at": utcnow(), "n_samples": n, "labels": labels})
+    ws.store.save_run(run, metrics)  # run + metrics in one transaction: "complete" implies metrics exist
+    return RunOutcome(run=run, metrics=metrics, resumed=resumed, model_calls=model_calls, cache_hits=cache_hits,
+                      seconds=time.perf_counter() - t0)
+
+
+def evaluate(ws: Workspace, backend: Backend, tasks: list[LoadedTask], opts: RunOptions | None = None,
+             on_run: Callable[[Run], None] | None = None) -> RunOutcome:
+    """Run `tasks` on `backend`, store everything in `ws`, resume an unfinished identical run if any."""
+    if not tasks:
+        raise ConfigError("no tasks to run")
+    names = [t.spec.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"task names must be unique in one run: {names}")
+    return asyncio.run(_evaluate(ws, backend, tasks, opts or RunOptions(), on_run))
+
+
+__all__ = ["RunOptions", "RunOutcome", "evaluate", "compute_metrics", "metric_keys"]

@@ -1,0 +1,152 @@
+"""A small OpenAI-compatible HTTP server on loopback, for tests, benchmarks and offline dry runs.
+
+It speaks just enough HTTP/1.1 (keep-alive, Content-Length bodies) over asyncio streams to answer
+`/v1/chat/completions`, `/v1/completions` and `/v1/models`, after a configurable delay. Faults can be
+scripted (429 with Retry-After, 500, slow answers, malformed JSON) to exercise the client's retries.
+It runs in a background thread: `with LoopbackOpenAI(delay=0.05) as srv: srv.base_url`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+Fault = tuple[str, float]  # ("429", retry_after) | ("500", 0) | ("slow", seconds) | ("garbage", 0)
+
+
+@dataclass
+class ServerStats:
+    requests: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    auth_headers: list[str] = field(default_factory=list)
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+
+
+def default_answer(path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Answer '42' (or letter 'B' with logprobs for letter prompts), in the shape the endpoint uses."""
+    wants_letter = "Answer with the letter" in json.dumps(body)
+    text = "B" if wants_letter else "42"
+    usage = {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}
+    if path.endswith("/chat/completions"):
+        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
+                                  "finish_reason": "stop"}
+        if body.get("logprobs"):
+            top = [{"token": t, "logprob": lp} for t, lp in (("B", -0.1), ("A", -2.5), ("C", -3.0))]
+            choice["logprobs"] = {"content": [{"token": text, "logprob": -0.1, "top_logprobs": top}]}
+        return {"id": "cmpl-1", "object": "chat.completion", "model": body.get("model"), "choices": [choice],
+                "usage": usage}
+    choice = {"index": 0, "text": text, "finish_reason": "stop"}
+    if body.get("logprobs"):
+        choice["logprobs"] = {"tokens": [text], "top_logprobs": [{" B": -0.1, " A": -2.5, " C": -3.0}]}
+    return {"id": "cmpl-1", "object": "text_completion", "model": body.get("model"), "choices": [choice],
+            "usage": usage}
+
+
+class LoopbackOpenAI:
+    def __init__(self, delay: float = 0.0, faults: list[Fault] | None = None,
+                 answer: Callable[[str, dict[str, Any]], dict[str, Any]] = default_answer) -> None:
+        self.delay = delay
+        self.faults: deque[Fault] = deque(faults or [])
+        self.answer = answer
+        self.stats = ServerStats()
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+                raw = await reader.readexactly(int(headers.get("content-length", "0") or 0))
+                keep = await self._respond(method, path, headers, raw, writer)
+                if not keep:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, asyncio.CancelledError):
+            pass
+        finally:
+            try:
+                writer.close()
+            except RuntimeError:  # loop already shutting down
+                pass
+
+    async def _respond(self, method: str, path: str, headers: dict[str, str], raw: bytes,
+                       writer: asyncio.StreamWriter) -> bool:
+        st = self.stats
+        if method == "GET":
+            self._write(writer, 200, json.dumps({"object": "list", "data": [{"id": "loopback"}]}).encode())
+            return True
+        st.requests += 1
+        st.in_flight += 1
+        st.max_in_flight = max(st.max_in_flight, st.in_flight)
+        st.auth_headers.append(headers.get("authorization", ""))
+        try:
+            body = json.loads(raw or b"{}")
+            st.bodies.append(body)
+            fault = self.faults.popleft() if self.faults else None
+            if fault and fault[0] == "slow":
+                await asyncio.sleep(fault[1])
+            elif self.delay:
+                await asyncio.sleep(self.delay)
+            if fault and fault[0] == "429":
+                self._write(writer, 429, b'{"error": "rate limited"}', {"Retry-After": f"{fault[1]:g}"})
+            elif fault and fault[0] == "500":
+                self._write(writer, 500, b'{"error": "internal"}')
+            elif fault and fault[0] == "garbage":
+                self._write(writer, 200, b'{"choices": [ this is not json')
+            elif fault and fault[0] == "400":
+                self._write(writer, 400, b'{"error": "bad request"}')
+            else:
+                self._write(writer, 200, json.dumps(self.answer(path, body)).encode())
+            await writer.drain()
+        finally:
+            st.in_flight -= 1
+        return True
+
+    @staticmethod
+    def _write(writer: asyncio.StreamWriter, status: int, payload: bytes, extra: dict[str, str] | None = None) -> None:
+        reason = {200: "OK", 400: "Bad Request", 429: "Too Many Requests", 500: "Internal Server Error"}[status]
+        hdrs = "".join(f"{k}: {v}\r\n" for k, v in (extra or {}).items())
+        writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: "
+                     f"{len(payload)}\r\n{hdrs}\r\n".encode() + payload)
+
+    def _serve(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        self._server = loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=1024))
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        loop.run_forever()
+        self._server.close()
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.close()
+
+    def __enter__(self) -> LoopbackOpenAI:
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(5)
