@@ -104,6 +104,14 @@ def test_versions_and_formats_agree() -> None:
     assert all(v == values[0] for v in values)
 
 
+def test_json_log_in_any_layout(tmp_path: Path) -> None:
+    """Indented (as inspect writes it) streams sample by sample; compact JSON is parsed whole: same rows."""
+    compact = tmp_path / "compact.json"
+    compact.write_text(json.dumps(json.loads(NEW_JSON.read_text())))
+    a, b = _load(NEW_JSON)[1], _load(compact)[1]
+    assert a.drop(["run_id"]).to_pylist() == b.drop(["run_id"]).to_pylist()
+
+
 def test_fixture_compression_methods() -> None:
     assert methods(NEW_EVAL) == {93}  # zstd: what current inspect writes, Python 3.11 zipfile cannot read
     assert methods(OLD_EVAL) == {8}  # deflate

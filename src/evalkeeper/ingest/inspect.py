@@ -44,7 +44,7 @@ class InspectImporter:
         except OSError:
             return False
 
-    def load(self, path: Path) -> ImportedRun | list[ImportedRun]:  # type: ignore[override]
+    def load(self, path: Path) -> ImportedRun | list[ImportedRun]:
         """One log file → one `ImportedRun`; a folder → a list, one per log (see `load_many`)."""
         if path.is_dir():
             return list(self.load_many(path))
@@ -312,40 +312,91 @@ class _EvalZipLog(_Log):
                 yield f"member {m.name!r}", self._json(z.read(m), m.name, parse_sample)
 
 
+_SAMPLES_OPEN = b'  "samples": [\n'
+_SAMPLES_CLOSE = (b"  ]\n", b"  ],\n")
+_SAMPLE_OPEN = b"    {\n"
+_SAMPLE_CLOSE = (b"    }\n", b"    },\n")
+
+
 class _JsonLog(_Log):
-    """A `.json` log: the whole EvalLog, samples included, in one JSON document."""
+    """A `.json` log: the whole EvalLog, samples included, in one JSON document.
+
+    inspect writes it indented by 2, so the `samples` array and each sample in it sit on lines of their
+    own: the header is parsed without the samples, and the samples are parsed one at a time in a second
+    pass, so a large log streams like a `.eval` does. Any other layout is parsed whole.
+    """
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
-        self._data: dict[str, Any] | None = None
+        self._inline: list[Any] | None = None
 
-    def header(self) -> dict[str, Any]:
+    def _open(self) -> Any:
         try:
-            with open(self.path, "rb") as f:
-                raw = f.read()
+            return open(self.path, "rb")  # noqa: SIM115 - the callers close it
         except OSError as e:
             raise ImportFormatError(f"cannot read file: {e.strerror or e}", path=str(self.path)) from None
+
+    def _parse(self, raw: bytes, where: str) -> Any:
         try:
-            data = loads(raw)
+            return loads(raw)
         except UnicodeDecodeError:
-            raise ImportFormatError("not UTF-8 JSON", path=str(self.path)) from None
+            raise ImportFormatError(f"{where}: not UTF-8 JSON", path=str(self.path)) from None
         except ValueError as e:
-            raise ImportFormatError(f"invalid JSON ({e}); truncated?", path=str(self.path)) from None
+            raise ImportFormatError(f"{where}: invalid JSON ({e}); truncated?", path=str(self.path)) from None
         except RecursionError:
-            raise ImportFormatError("JSON nested too deeply", path=str(self.path)) from None
+            raise ImportFormatError(f"{where}: JSON nested too deeply", path=str(self.path)) from None
+
+    def header(self) -> dict[str, Any]:
+        kept: list[bytes] = []
+        in_samples = False
+        with self._open() as f:
+            for line in f:
+                if in_samples:
+                    if line in _SAMPLES_CLOSE:
+                        kept.append(line)
+                        in_samples = False
+                elif line == _SAMPLES_OPEN:
+                    kept.append(line)
+                    in_samples = True
+                else:
+                    kept.append(line)
+        data = self._parse(b"".join(kept), "log")
         if not isinstance(data, dict) or not isinstance(data.get("eval"), dict):
             raise ImportFormatError("not an inspect_ai log: no 'eval' object", path=str(self.path))
-        self._data = data
+        samples = data.pop("samples", None)
+        if samples is not None and not isinstance(samples, list):
+            raise ImportFormatError("'samples' should be a list", path=str(self.path))
+        self._inline = samples or None  # non-empty only when the layout was not the indented one
         return data
 
     def samples(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        data = self._data or {}
-        samples = data.pop("samples", None) or []
-        if not isinstance(samples, list):
-            raise ImportFormatError("'samples' should be a list", path=str(self.path))
-        self._data = None
-        samples.reverse()  # pop from the end: each sample's memory is freed once it is a row
-        i = 0
-        while samples:
-            yield f"samples[{i}]", samples.pop()
-            i += 1
+        if self._inline is not None:
+            samples, self._inline = self._inline, None
+            samples.reverse()  # pop from the end: each sample's memory is freed once it is a row
+            i = 0
+            while samples:
+                yield f"samples[{i}]", samples.pop()
+                i += 1
+            return
+        with self._open() as f:
+            in_samples = False
+            chunk: list[bytes] | None = None
+            i = 0
+            for lineno, line in enumerate(f, 1):
+                if not in_samples:
+                    in_samples = line == _SAMPLES_OPEN
+                    continue
+                if chunk is None:
+                    if line in _SAMPLES_CLOSE:
+                        return
+                    if line != _SAMPLE_OPEN:
+                        raise ImportFormatError(f"line {lineno}: unexpected text between samples",
+                                                path=str(self.path))
+                    chunk = [line]
+                elif line in _SAMPLE_CLOSE:
+                    chunk.append(b"    }")
+                    yield f"samples[{i}]", self._parse(b"".join(chunk), f"samples[{i}] (ending line {lineno})")
+                    chunk = None
+                    i += 1
+                else:
+                    chunk.append(line)
