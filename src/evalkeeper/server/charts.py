@@ -92,9 +92,10 @@ def interval_chart(rows: list[Interval], *, bars: bool = True, title: str = "") 
         )
     axis_y = 10 + len(rows) * _ROW_H
     parts.append(f'<path class="axis" d="M{zero:.1f} 6V{axis_y}"/>')
-    for v in (lo, 0.0, hi) if lo < 0 < hi else (lo, hi):
-        parts.append(
-            f'<text class="tick" x="{x(v):.1f}" y="{axis_y + 14}" text-anchor="middle">{_fmt(v)}</text>'
-        )
+    placed: list[float] = []
+    for v in (0.0, lo, hi) if lo < 0 < hi else (lo, hi):
+        if all(abs(x(v) - p) >= 48 for p in placed):  # no overlapping tick labels
+            placed.append(x(v))
+            parts.append(f'<text class="tick" x="{x(v):.1f}" y="{axis_y + 14}" text-anchor="middle">{_fmt(v)}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
