@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -48,6 +49,9 @@ def test_leaderboard_formats(workspace: Workspace) -> None:
     assert "<script>m</script>" not in html and "&lt;script&gt;m&lt;/script&gt;" in html
     md = render_leaderboard(workspace, fmt="md").decode()
     assert f"{m.value:.3f} ± {half:.3f}" in md
+    pypdf = pytest.importorskip("pypdf")
+    pdf = pypdf.PdfReader(io.BytesIO(render_leaderboard(workspace, fmt="pdf")))
+    assert f"{m.value:.3f}" in pdf.pages[0].extract_text() and f"{half:.3f}" in pdf.pages[0].extract_text()
     data = json.loads(render_leaderboard(workspace, fmt="json"))
     assert data["leaderboard_schema_version"] == 1 and data["rows"][0]["cells"][0]["estimate"]["value"] == m.value
 

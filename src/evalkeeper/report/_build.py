@@ -203,7 +203,11 @@ def executive_summary(
         n_reg = sum(r.direction == "regressed" for r in comparison.rows)
         n_same = len(comparison.rows) - n_imp - n_reg
         c = comparison
-        base = f"baseline {c.baseline_ref} (run {c.baseline_run_id}, {c.baseline_model})"
+        base = (
+            f"baseline run {c.baseline_run_id} ({c.baseline_model})"
+            if c.baseline_ref == c.baseline_run_id
+            else f"baseline {c.baseline_ref} (run {c.baseline_run_id}, {c.baseline_model})"
+        )
         if n_reg:
             headline += f"; {n_reg} significant regression(s) vs {comparison.baseline_ref}"
         elif n_imp:
