@@ -121,7 +121,7 @@ def test_real_run_record(real) -> None:
     assert run.model.generation == {"temperature": 0}
     assert run.provenance.producer == "lighteval" and len(run.provenance.source_sha256) == 64
     assert run.environment["source"]["config_general"]["model_config"]["seed"] == 7
-    assert run.started_at is not None and run.started_at.year == 2026
+    assert run.finished_at is not None and run.finished_at.year == 2026 and run.started_at < run.finished_at
     assert len(r.source_files) == 4
 
 

@@ -285,15 +285,16 @@ def _build(results_file: Path, data: dict[str, Any]) -> ImportedRun:
     # a metric lighteval could not compute is NaN in the JSON; with no samples to recompute it, it has no value
     metrics = [mr for mr in metrics if not math.isnan(mr.value)]
     source_files = [f] + [p for _, p, _ in loaders]
-    start = _date_of(f)
+    # lighteval names the file after the moment it saved (the end of the run), in local time without a zone
+    end = _date_of(f)
     total = _seconds(general.get("total_evaluation_time_secondes"))
     run = Run(
         run_id=run_id,
         model=_model_info(general),
         tasks=tasks,
-        created_at=start or dt.datetime.now(dt.UTC),
-        started_at=start,
-        finished_at=start + dt.timedelta(seconds=total) if start and total is not None and total >= 0 else None,
+        created_at=end or dt.datetime.now(dt.UTC),
+        started_at=end - dt.timedelta(seconds=total) if end and total is not None and total >= 0 else None,
+        finished_at=end,
         environment={"source": {"config_general": general, "versions": versions,
                                 "summary_general": data.get("summary_general"),
                                 "aggregates": [k for k in results if is_aggregate_key(k)]}},
