@@ -182,10 +182,17 @@ try:  # orjson parses JSON lines several times faster; stdlib json is the fallba
         except _orjson.JSONDecodeError:
             return json.loads(data)
 
+    def dumps_fast(obj: Any) -> str:
+        """Compact JSON text (NaN becomes null; unknown types become their str())."""
+        return _orjson.dumps(obj, default=str, option=_orjson.OPT_NON_STR_KEYS).decode()
+
 except ImportError:  # pragma: no cover - orjson is a dependency, but stay usable without it
 
     def loads_fast(data: bytes) -> Any:
         return json.loads(data)
+
+    def dumps_fast(obj: Any) -> str:
+        return json.dumps(obj, default=str, ensure_ascii=False, separators=(",", ":"))
 
 
 def as_float(value: Any) -> float | None:

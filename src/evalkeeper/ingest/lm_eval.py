@@ -25,6 +25,7 @@ from evalkeeper.ingest.base import (
     ImportedRun,
     apply_clt,
     as_float,
+    dumps_fast,
     fill_source_ci,
     loads_fast,
     read_json_file,
@@ -375,8 +376,7 @@ class SamplesStream:
                 if filt != primary:
                     scores, _ = self._scores(obj, filt)
                     extra.setdefault(obj["doc_id"], {}).update(scores)
-        cols: dict[str, list[Any]] = {n: [] for n in ("task", "sample_id", "epoch", "input", "target",
-                                                       "prediction", "scores", "logprobs", "metadata")}
+        cols = _Columns()
         seen: set[Any] = set()
         for lineno, obj in self._lines():
             filt = str(obj.get("filter", "none"))
@@ -396,15 +396,15 @@ class SamplesStream:
                 if acc is None:
                     acc = self.acc[k] = CltAccumulator()
                 acc.add(v)
-            _append_row(cols, self.info.name, obj, scores, other)
-            if len(cols["task"]) >= BATCH_ROWS:
-                yield _table(cols, SAMPLE_SCHEMA, self.run_id)
+            _append_row(cols, obj, scores, other)
+            if len(cols.sample_id) >= BATCH_ROWS:
+                yield cols.table(SAMPLE_SCHEMA, self.run_id, self.info.name)
         if extra:  # other filters' scores for docs the primary filter never had: still count them
             for scores in extra.values():
                 for k, v in scores.items():
                     self.acc.setdefault(k, CltAccumulator()).add(v)
-        if cols["task"]:
-            yield _table(cols, SAMPLE_SCHEMA, self.run_id)
+        if cols.sample_id:
+            yield cols.table(SAMPLE_SCHEMA, self.run_id, self.info.name)
         self._finish(len(seen))
 
     def _finish(self, n_docs: int) -> None:
@@ -435,8 +435,7 @@ def _first_args(obj: dict[str, Any]) -> list[list[Any]]:
     return out
 
 
-def _append_row(cols: dict[str, list[Any]], task: str, obj: dict[str, Any], scores: dict[str, float],
-                other: dict[str, Any]) -> None:
+def _append_row(cols: _Columns, obj: dict[str, Any], scores: dict[str, float], other: dict[str, Any]) -> None:
     args = _first_args(obj)
     ctx = args[0][0] if args and args[0] else ""
     filtered = obj.get("filtered_resps")
@@ -458,7 +457,7 @@ def _append_row(cols: dict[str, list[Any]], task: str, obj: dict[str, Any], scor
             target = choices[gold].strip()
     elif isinstance(filtered, list) and filtered:
         first = filtered[0]
-        prediction = first if isinstance(first, str) else json.dumps(first, default=str)
+        prediction = first if isinstance(first, str) else dumps_fast(first)
     elif isinstance(filtered, str):
         prediction = filtered
     for key in ("doc_hash", "prompt_hash", "target_hash", "filter"):
@@ -468,16 +467,15 @@ def _append_row(cols: dict[str, list[Any]], task: str, obj: dict[str, Any], scor
         meta["unaggregated"] = other
     if "doc" in obj:
         meta["doc"] = obj["doc"]
-    cols["task"].append(task)
-    cols["sample_id"].append(str(obj["doc_id"]))
-    cols["epoch"].append(0)
-    cols["input"].append(ctx if isinstance(ctx, str) else json.dumps(ctx, default=str))
-    cols["target"].append(None if target is None else target if isinstance(target, str)
-                          else json.dumps(target, default=str))
-    cols["prediction"].append(prediction)
-    cols["scores"].append(list(scores.items()))
-    cols["logprobs"].append(logprobs)
-    cols["metadata"].append(json.dumps(meta, default=str, ensure_ascii=False))
+    cols.sample_id.append(str(obj["doc_id"]))
+    cols.input.append(ctx if isinstance(ctx, str) else dumps_fast(ctx))
+    cols.target.append(None if target is None else target if isinstance(target, str) else dumps_fast(target))
+    cols.prediction.append(prediction)
+    cols.score_keys.extend(scores)
+    cols.score_values.extend(scores.values())
+    cols.score_offsets.append(len(cols.score_keys))
+    cols.logprobs.append(logprobs)
+    cols.metadata.append(dumps_fast(meta))
 
 
 def _number(value: Any) -> float | None:
@@ -522,16 +520,38 @@ def _loglikelihoods(filtered: Any) -> list[float] | None:
     return out
 
 
-def _table(cols: dict[str, list[Any]], schema: pa.Schema, run_id: str) -> pa.Table:
-    n = len(cols["task"])
-    arrays = []
-    for field in schema:
-        if field.name == "run_id":
-            arrays.append(pa.array([run_id] * n, field.type))
-        elif field.name in cols:
-            arrays.append(pa.array(cols[field.name], field.type))
-        else:
-            arrays.append(pa.nulls(n, field.type))
-    for v in cols.values():
-        v.clear()
-    return pa.Table.from_arrays(arrays, schema=schema)
+class _Columns:
+    """Column buffers for one batch; scores are kept flat (keys, values, offsets) to build the map fast."""
+
+    def __init__(self) -> None:
+        self.sample_id: list[str] = []
+        self.input: list[str] = []
+        self.target: list[str | None] = []
+        self.prediction: list[str | None] = []
+        self.score_keys: list[str] = []
+        self.score_values: list[float] = []
+        self.score_offsets: list[int] = [0]
+        self.logprobs: list[list[float] | None] = []
+        self.metadata: list[str] = []
+
+    def table(self, schema: pa.Schema, run_id: str, task: str) -> pa.Table:
+        n = len(self.sample_id)
+        scores = pa.MapArray.from_arrays(pa.array(self.score_offsets, pa.int32()),
+                                         pa.array(self.score_keys, pa.string()),
+                                         pa.array(self.score_values, pa.float64()))
+        given = {
+            "run_id": pa.array([run_id] * n, pa.string()),
+            "task": pa.array([task] * n, pa.string()),
+            "sample_id": pa.array(self.sample_id, pa.string()),
+            "epoch": pa.array([0] * n, pa.int32()),
+            "input": pa.array(self.input, pa.large_string()),
+            "target": pa.array(self.target, pa.large_string()),
+            "prediction": pa.array(self.prediction, pa.large_string()),
+            "scores": scores,
+            "logprobs": pa.array(self.logprobs, pa.list_(pa.float64())),
+            "metadata": pa.array(self.metadata, pa.large_string()),
+        }
+        arrays = [given[f.name].cast(f.type) if f.name in given and given[f.name].type != f.type
+                  else given.get(f.name, pa.nulls(n, f.type)) for f in schema]
+        self.__init__()  # type: ignore[misc]
+        return pa.Table.from_arrays(arrays, schema=schema)
