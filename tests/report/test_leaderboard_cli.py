@@ -73,6 +73,9 @@ def test_cli_report_and_leaderboard(workspace: Workspace, tmp_path: Path) -> Non
     payload = json.loads(stdout)
     assert payload["comparison"]["rows"][0]["direction"] == "regressed"
     assert payload["summary"]["n_regressed"] == 1
+    assert len(payload["worst_samples"]) == 5 and payload["slices"] == []
+    code, stdout, _ = run_cli("report", cand.run_id, "--format", "json", "--worst", "0", "--no-gates")
+    assert code == 0 and json.loads(stdout)["worst_samples"] == [] and json.loads(stdout)["gate"] is None
 
     md = tmp_path / "r.md"
     code, _, _ = run_cli("report", cand.run_id, "-o", str(md))  # format from the suffix

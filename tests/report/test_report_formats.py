@@ -22,7 +22,7 @@ from helpers import make_run
 
 REPO = Path(__file__).resolve().parents[2]
 XSS = ["<script>alert('x1')</script>", "<img src=x onerror=alert('x2')>", '" onmouseover="alert(3)" x="',
-       "| broken | table\nnext `code` row"]
+       "| broken | table\nnext `code` row", "[click](javascript:alert(4))"]
 
 
 @pytest.fixture()
@@ -36,7 +36,7 @@ def report_data(workspace: Workspace) -> ReportData:
         details={"policy": "gates.yaml", "rules": [
             {"name": "no-regression", "verdict": "fail", "message": "<script>gate()</script> dropped",
              "evidence": {"diff": -0.2, "p_corrected": 0.0001}}]}))
-    return build_report(workspace, cand.run_id, compare="prod", worst_per_task=8)
+    return build_report(workspace, cand.run_id, compare="prod", worst_per_task=10)
 
 
 def _numbers(data: ReportData) -> list[str]:
@@ -77,6 +77,7 @@ def test_markdown_has_numbers_badges_and_escapes(report_data: ReportData) -> Non
     for raw in ("<script>", "<img", "<b>model"):
         assert raw not in md
     assert "&lt;script&gt;" in md and "&lt;img src=x onerror=alert('x2')&gt;" in md
+    assert "\\[click\\](javascript:alert(4))" in md and "[click](" not in md
     # a pipe or newline in a model output must not break the table: every table row has the same cell count
     worst = md.split("## Worst samples")[1].split("\n\n")[1].splitlines()
     counts = {len(re.findall(r"(?<!\\)\|", line)) for line in worst}
@@ -95,6 +96,7 @@ def test_html_escapes_outputs_in_text_and_attributes(report_data: ReportData) ->
     # exactly one script element (ours), and no inline event handlers anywhere
     assert len(re.findall(r"<script\b", html)) == 1
     assert not re.search(r"<[^>]+\son\w+\s*=", html)
+    assert "javascript:" not in html.split("</style>")[1].replace("[click](javascript:alert(4))", "")
 
 
 def test_html_is_self_contained_with_hashed_csp(report_data: ReportData) -> None:

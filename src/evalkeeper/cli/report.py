@@ -51,6 +51,7 @@ def report(
     ),
     fmt: str = FormatOpt,
     out: Path = OutOpt,
+    worst: int = typer.Option(5, "--worst", min=0, max=100, help="Worst samples shown per task."),
     gates: bool = typer.Option(
         True, "--gates/--no-gates", help="Include the latest gate verdict recorded for the run."
     ),
@@ -62,14 +63,12 @@ def report(
 
     f = _resolve_format(fmt, out)
     ws = workspace(home)
-    data = build_report(ws, run, compare=compare, include_gate=gates)
+    data = build_report(ws, run, compare=compare, include_gate=gates, worst_per_task=worst)
     _emit(write_output(render_report_data(data, f), out), out)
 
 
 def leaderboard(
-    tasks: str = typer.Option(
-        None, "--tasks", help="Comma-separated tasks (default: every task of the runs)."
-    ),
+    tasks: str = typer.Option(None, "--tasks", help="Comma-separated tasks (default: every task of the runs)."),
     runs: str = typer.Option(None, "--runs", help="Comma-separated run ids/prefixes/baseline names."),
     tag: str = typer.Option(None, "--tag", help="Only runs with this tag."),
     fmt: str = FormatOpt,

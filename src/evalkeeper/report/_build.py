@@ -275,7 +275,7 @@ def build_report(
         slices, slice_notes = slice_rows(ws, run, primary)
         notes.extend(slice_notes)
         lower = {t for t, m in primary.items() if _higher_is_better(run, t, m, True) is False}
-        worst = worst_samples(ws, run, lower, per_task=worst_per_task)
+        worst = worst_samples(ws, run, lower, per_task=worst_per_task) if worst_per_task else []
     else:
         notes.append("the run has no stored samples: slices and worst samples are unavailable")
     comp = None

@@ -34,6 +34,8 @@ def cell(text: object, limit: int | None = None) -> str:
         .replace("`", "\\`")
         .replace("*", "\\*")
         .replace("_", "\\_")
+        .replace("[", "\\[")
+        .replace("]", "\\]")
     )
     return " ".join(s.split())  # newlines would end the table row
 
@@ -134,8 +136,7 @@ def render_report_markdown(r: ReportData) -> str:
         lines += [f"## Quality gate: {badge(g.verdict)}", ""]
         if g.policy:
             lines += [
-                f"Policy {cell(g.policy)}"
-                + (f" (sha256 `{g.policy_sha256[:16]}…`)" if g.policy_sha256 else ""),
+                f"Policy {cell(g.policy)}" + (f" (sha256 `{g.policy_sha256[:16]}…`)" if g.policy_sha256 else ""),
                 "",
             ]
         if g.rules:
@@ -196,9 +197,7 @@ def render_report_markdown(r: ReportData) -> str:
 
 
 def render_leaderboard_markdown(board: Leaderboard) -> str:
-    headers = (
-        ["#", "model", "run"] + [f"{cell(t)} ({cell(board.metrics[t])})" for t in board.tasks] + ["mean"]
-    )
+    headers = ["#", "model", "run"] + [f"{cell(t)} ({cell(board.metrics[t])})" for t in board.tasks] + ["mean"]
     rows = []
     for i, row in enumerate(board.rows, 1):
         cells = []
@@ -215,8 +214,7 @@ def render_leaderboard_markdown(board: Leaderboard) -> str:
     ]
     lines += table(headers, rows, right=tuple(range(3, len(headers))))
     lines += [
-        f"<sub>leaderboard schema v{board.leaderboard_schema_version} · generated "
-        f"{_when(board.generated_at)}</sub>",
+        f"<sub>leaderboard schema v{board.leaderboard_schema_version} · generated {_when(board.generated_at)}</sub>",
         "",
     ]
     return "\n".join(lines)
