@@ -72,6 +72,7 @@ def test_fixture_numbers(path: Path) -> None:
         # recomputed CLT stderr (epochs averaged first) equals what inspect itself logged
         assert m.method == "clt" and m.n == 8
         assert m.stderr == pytest.approx(se, rel=1e-12)
+        assert m.source_stderr == pytest.approx(se, rel=1e-12)  # inspect's own logged stderr agrees
         assert m.ci_low == pytest.approx(mean - 1.959964 * se) and m.ci_high == pytest.approx(mean + 1.959964 * se)
 
 
