@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import tarfile
+import zlib
 from pathlib import Path
 
 import zstandard
@@ -14,7 +14,7 @@ from evalkeeper.bundle import _layout as L
 
 def compress_with_trailer(tar_bytes: bytes) -> bytes:
     body = zstandard.ZstdCompressor(level=3, write_checksum=True).compress(tar_bytes)
-    return body + L.trailer_for(hashlib.sha256(body).digest())
+    return body + L.trailer_for(zlib.crc32(body), len(body))
 
 
 def read_tar(ekb: Path) -> bytes:

@@ -67,7 +67,7 @@ def test_keys_bundle_verify_inspect_env(ek: Callable[..., Result], workspace: Wo
     made = json.loads(r.stdout)
     assert made["signed_by"] == key["key_id"] and Path(made["path"]).exists()
 
-    r = ek("verify", str(tmp_path / "run.ekb"), "--pubkey", key["public"], home=home)
+    r = ek("verify", str(tmp_path / "run.ekb"), "--pubkey", key["public"], "--sha256", home=home)
     assert r.returncode == 0 and "intact" in r.stdout and "signature valid" in r.stdout
     assert made["sha256"] in r.stdout
 

@@ -1,9 +1,11 @@
-"""The `.ekb` bundle layout: member names, the manifest, the digest trailer, and member-name safety rules.
+"""The `.ekb` bundle layout: member names, the manifest, the checksum trailer, and member-name safety rules.
 
-A bundle is one zstd frame holding a tar archive, followed by a 48-byte zstd *skippable* frame that
-carries the sha256 of every byte before it (standard zstd tools skip it, so `tar --zstd -xf` works).
-The trailer makes "a flipped byte anywhere" detectable, including bytes that do not change any member
-(tar padding, zstd frame header); member digests in `manifest.json` then name which member changed.
+A bundle is one zstd frame holding a tar archive, followed by a 28-byte zstd *skippable* frame that
+carries the CRC-32 and the length of every byte before it (standard zstd tools skip it, so
+`tar --zstd -xf` works). CRC-32 detects every error burst up to 32 bits for certain, so "a flipped byte
+anywhere" is caught even where no member changes (tar padding, zstd frame header), at a third of
+sha256's cost; tampering on purpose is caught by the member sha256s, the manifest and the signature,
+which name the member concerned.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ UNLISTED = frozenset({MANIFEST, STATEMENT, ENVELOPE})
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 SKIPPABLE_MAGIC = (0x184D2A5E).to_bytes(4, "little")
-TRAILER_TAG = b"EKBSHA01"
-TRAILER_LEN = 4 + 4 + len(TRAILER_TAG) + 32
+TRAILER_TAG = b"EKBCRC01"
+_TRAILER_PAYLOAD = len(TRAILER_TAG) + 4 + 8
+TRAILER_LEN = 4 + 4 + _TRAILER_PAYLOAD
 
 # Only data formats that cannot carry executable code.
 ALLOWED_SUFFIXES = frozenset(
@@ -83,19 +86,19 @@ _NAME_CHARS = re.compile(r"^[A-Za-z0-9._+@=-]+$")
 MAX_NAME_LEN = 255
 
 
-def trailer_for(digest: bytes) -> bytes:
-    """zstd skippable frame: magic, little-endian payload length, tag, raw sha256."""
-    payload = TRAILER_TAG + digest
+def trailer_for(crc32: int, length: int) -> bytes:
+    """zstd skippable frame: magic, payload length (LE), tag, CRC-32 (BE), body length (BE)."""
+    payload = TRAILER_TAG + crc32.to_bytes(4, "big") + length.to_bytes(8, "big")
     return SKIPPABLE_MAGIC + len(payload).to_bytes(4, "little") + payload
 
 
-def parse_trailer(blob: bytes) -> bytes | None:
-    """The sha256 carried by a trailer, or None if `blob` is not one."""
+def parse_trailer(blob: bytes) -> tuple[int, int] | None:
+    """(crc32, length) carried by a trailer, or None if `blob` is not one."""
     if len(blob) != TRAILER_LEN or blob[:4] != SKIPPABLE_MAGIC:
         return None
-    if int.from_bytes(blob[4:8], "little") != len(TRAILER_TAG) + 32 or blob[8:16] != TRAILER_TAG:
+    if int.from_bytes(blob[4:8], "little") != _TRAILER_PAYLOAD or blob[8:16] != TRAILER_TAG:
         return None
-    return blob[16:]
+    return int.from_bytes(blob[16:20], "big"), int.from_bytes(blob[20:28], "big")
 
 
 def name_problem(name: str) -> str | None:

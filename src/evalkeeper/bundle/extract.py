@@ -14,6 +14,8 @@ import os
 import shutil
 import tarfile
 import tempfile
+import threading
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -24,6 +26,7 @@ from evalkeeper.bundle import _layout as L
 from evalkeeper.core.errors import EvalkeeperError
 
 CHUNK = 1 << 20
+BLOCK = tarfile.BLOCKSIZE
 _KEEP_IN_MEMORY = (L.MARKER, L.RUN, L.METRICS, L.ENVIRONMENT, L.MANIFEST, L.STATEMENT, L.ENVELOPE)
 
 
@@ -70,9 +73,9 @@ class ScannedMember:
 class Scan:
     path: Path
     file_size: int
-    body_sha256: str  # of every byte before the trailer (what the trailer must claim)
-    trailer_sha256: str | None  # what the trailer claims; None when there is no valid trailer
-    file_sha256: str = ""  # of the whole file, as `sha256sum` prints it
+    body_crc32: int  # of every byte before the trailer
+    trailer: tuple[int, int] | None  # (crc32, length) the trailer claims; None when there is no valid trailer
+    file_sha256: str | None = None  # of the whole file, as `sha256sum` prints it (when asked for)
     members: dict[str, ScannedMember] = field(default_factory=dict)
     meta: dict[str, bytes] = field(default_factory=dict)
     stream_error: str | None = None
@@ -82,10 +85,10 @@ class Scan:
 
 
 class _RawReader:
-    """The compressed bytes before the trailer, hashed as zstd consumes them."""
+    """The compressed bytes before the trailer (zstd must not see the trailer)."""
 
     def __init__(self, f: IO[bytes], limit: int) -> None:
-        self.f, self.left, self.sha = f, limit, hashlib.sha256()
+        self.f, self.left = f, limit
 
     def read(self, n: int = -1) -> bytes:
         if self.left <= 0:
@@ -93,23 +96,62 @@ class _RawReader:
         n = self.left if n < 0 else min(n, self.left)
         data = self.f.read(n)
         self.left -= len(data)
-        self.sha.update(data)
         return data
 
-    def drain(self) -> None:
-        while self.read(CHUNK):
-            pass
+
+class _FileHasher(threading.Thread):
+    """CRC-32 of the file's first `limit` bytes (and the whole file's sha256 when asked), computed on a
+    second thread while the main thread decompresses: zlib, hashlib and file reads release the GIL."""
+
+    def __init__(self, path: Path, limit: int, want_sha256: bool) -> None:
+        super().__init__(daemon=True)
+        self.path, self.limit = path, limit
+        self.crc = 0
+        self.sha = hashlib.sha256() if want_sha256 else None
+        self.error: BaseException | None = None
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                left = self.limit
+                while left > 0 and not self._stop_event.is_set():
+                    block = f.read(min(4 * CHUNK, left))
+                    if not block:
+                        break
+                    self.crc = zlib.crc32(block, self.crc)
+                    if self.sha is not None:
+                        self.sha.update(block)
+                    left -= len(block)
+                if self.sha is not None:
+                    self.sha.update(f.read())  # the trailer too: the digest of the whole file
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the caller via .error
+            self.error = exc
+
+    def stop(self) -> None:
+        self._stop_event.set()
 
 
-class _BoundedReader:
-    """Decompressed bytes, with the total and ratio caps enforced as they are produced."""
+class _Inflater:
+    """Decompressed bytes with exact-size reads, the consumed offset, and the bomb caps."""
 
     def __init__(self, inner: IO[bytes], limits: Limits, compressed: int) -> None:
-        self.inner, self.limits, self.n = inner, limits, 0
+        self.inner, self.n = inner, 0
         self.cap = min(limits.max_total_bytes, int(limits.max_ratio * compressed) + limits.ratio_slack_bytes)
 
-    def read(self, n: int = -1) -> bytes:
-        data = self.inner.read(n if n >= 0 else CHUNK)
+    def read(self, n: int) -> bytes:
+        """Exactly `n` bytes, or fewer only at the end of the stream."""
+        data = self.inner.read(n)
+        if len(data) < n and data:
+            parts = [data]
+            got = len(data)
+            while got < n:
+                more = self.inner.read(n - got)
+                if not more:
+                    break
+                parts.append(more)
+                got += len(more)
+            data = b"".join(parts)
         self.n += len(data)
         if self.n > self.cap:
             raise UnsafeBundle(
@@ -145,8 +187,15 @@ def _open_member_file(dest: Path, name: str) -> IO[bytes]:
     return os.fdopen(os.open(target, flags, 0o644), "wb")
 
 
-def scan_bundle(path: str | os.PathLike[str], *, limits: Limits = Limits(), dest: Path | None = None) -> Scan:
-    """Stream through the bundle once; raise UnsafeBundle / BundleUnreadable, record damage in the Scan."""
+def scan_bundle(
+    path: str | os.PathLike[str],
+    *,
+    limits: Limits = Limits(),
+    dest: Path | None = None,
+    file_sha256: bool = False,
+) -> Scan:
+    """Stream through the bundle once; raise UnsafeBundle / BundleUnreadable, record damage in the Scan.
+    `file_sha256` also computes the whole file's sha256 (on the side thread)."""
     p = Path(path)
     try:
         f = open(p, "rb")
@@ -161,56 +210,114 @@ def scan_bundle(path: str | os.PathLike[str], *, limits: Limits = Limits(), dest
                 hint="bundles are made by `evalkeeper bundle RUN -o run.ekb`",
             )
         claimed = None
-        tail = b""
         if size >= L.TRAILER_LEN + 4:
             f.seek(size - L.TRAILER_LEN)
-            tail = f.read(L.TRAILER_LEN)
-            digest = L.parse_trailer(tail)
-            claimed = digest.hex() if digest is not None else None
+            claimed = L.parse_trailer(f.read(L.TRAILER_LEN))
         f.seek(0)
-        raw = _RawReader(f, size - L.TRAILER_LEN if claimed else size)
-        scan = Scan(p, size, "", claimed)
+        body = size - L.TRAILER_LEN if claimed else size
+        hasher = _FileHasher(p, body, file_sha256)
+        hasher.start()
+        scan = Scan(p, size, 0, claimed)
         dctx = zstandard.ZstdDecompressor()
-        reader = _BoundedReader(
+        raw = _RawReader(f, body)
+        inflater = _Inflater(
             dctx.stream_reader(raw, read_across_frames=True, read_size=CHUNK),  # type: ignore[arg-type]
             limits,
             size,
         )
         try:
-            _walk(scan, reader, limits, dest)
-            raw.drain()
+            _walk(scan, inflater, limits, dest)
+        except BaseException:
+            hasher.stop()
+            raise
         finally:
-            scan.uncompressed_bytes = reader.n
-        scan.body_sha256 = raw.sha.hexdigest()
-        whole = raw.sha.copy()
-        if claimed:
-            whole.update(tail)
-        scan.file_sha256 = whole.hexdigest()
+            hasher.join()
+            scan.uncompressed_bytes = inflater.n
+        if hasher.error is not None:
+            raise BundleUnreadable(f"cannot read bundle ({hasher.error})", path=str(p))
+        scan.body_crc32 = hasher.crc
+        scan.file_sha256 = hasher.sha.hexdigest() if hasher.sha is not None else None
     return scan
 
 
-def _walk(scan: Scan, reader: _BoundedReader, limits: Limits, dest: Path | None) -> None:
-    try:
-        tf = tarfile.open(fileobj=reader, mode="r|", ignore_zeros=True)  # type: ignore[call-overload]
-    except zstandard.ZstdError as exc:  # damaged right at the start: nothing can be decompressed
-        scan.stream_error, scan.stream_error_member = f"ZstdError: {exc}", "<archive start>"
-        return
-    except tarfile.TarError as exc:
-        raise BundleUnreadable(f"zstd data that is not a tar archive ({exc})", path=str(scan.path)) from None
+_ZERO_BLOCK = bytes(BLOCK)
+_PAX_KEYS = frozenset(
+    {"path", "size", "mtime", "atime", "ctime", "uid", "gid", "uname", "gname", "comment", "hdrcharset"}
+)
+MAX_PAX_BYTES = 1 << 20
+
+
+def _padded(size: int) -> int:
+    return -(-size // BLOCK) * BLOCK
+
+
+def _parse_pax(raw: bytes) -> dict[str, str]:
+    """POSIX pax records `LEN KEY=VALUE\n`; only keys a plain regular file can need are accepted."""
+    out: dict[str, str] = {}
+    pos = 0
+    while pos < len(raw):
+        sp = raw.find(b" ", pos)
+        if sp < 0 or not raw[pos:sp].isdigit():
+            raise UnsafeBundle("<pax header>", "malformed pax extended header")
+        length = int(raw[pos:sp])
+        record = raw[sp + 1 : pos + length]
+        if length <= 0 or pos + length > len(raw) or not record.endswith(b"\n") or b"=" not in record:
+            raise UnsafeBundle("<pax header>", "malformed pax extended header")
+        key, _, value = record[:-1].partition(b"=")
+        k = key.decode("utf-8", "replace")
+        if k not in _PAX_KEYS:
+            raise UnsafeBundle("<pax header>", f"unsupported pax header key {k!r}")
+        out[k] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return out
+
+
+def _walk(scan: Scan, inf: _Inflater, limits: Limits, dest: Path | None) -> None:
+    """A strict tar reader: regular files with ustar/pax headers only; damaged header blocks are skipped
+    (and reported) so that later members can still be checked and named."""
     seen: set[str] = set()
     declared = 0
-    expected_offset = 0
+    offset = 0
     prev = "<start>"
-    current = f"<tar header after {prev}>"
-    entries = iter(tf)  # TarFile's own iteration knows when the stream has ended
+    junk_at: int | None = None  # first unparseable block since the previous member
+    pax: dict[str, str] = {}
+    header_at: int | None = None
+    current = "<archive start>"
     try:
         while True:
-            current = f"<tar header after {prev}>"
-            info = next(entries, None)
-            if info is None:
+            current = f"<tar header after {prev}>" if seen else "<archive start>"
+            block = inf.read(BLOCK)
+            at, offset = offset, offset + len(block)
+            if not block:
                 break
-            if info.offset != expected_offset:
-                scan.gaps.append((expected_offset, prev))
+            if len(block) < BLOCK:
+                raise EOFError("archive ends inside a tar header block")
+            if block == _ZERO_BLOCK:
+                continue
+            try:
+                info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+            except tarfile.HeaderError:
+                junk_at = at if junk_at is None else junk_at
+                continue
+            if header_at is None:
+                header_at = at
+            if info.type == tarfile.XHDTYPE:
+                if info.size > MAX_PAX_BYTES:
+                    raise UnsafeBundle("<pax header>", "oversized pax extended header")
+                raw = inf.read(_padded(info.size))
+                offset += len(raw)
+                pax = _parse_pax(raw[: info.size])
+                continue
+            if "path" in pax:
+                info.name = pax["path"]
+            if "size" in pax:
+                if not pax["size"].isdigit():
+                    raise UnsafeBundle(info.name, "malformed pax size")
+                info.size = int(pax["size"])
+            pax = {}
+            if junk_at is not None:
+                scan.gaps.append((junk_at, prev))
+                junk_at = None
             name = info.name
             if len(seen) >= limits.max_entries:
                 raise UnsafeBundle(name, f"more than {limits.max_entries} entries")
@@ -228,54 +335,55 @@ def _walk(scan: Scan, reader: _BoundedReader, limits: Limits, dest: Path | None)
             if declared > limits.max_total_bytes:
                 raise UnsafeBundle(name, f"members total more than {limits.max_total_bytes} bytes")
             current = name
-            _read_member(scan, tf, info, limits, dest)
+            _read_member(scan, inf, name, info.size, header_at, limits, dest)
+            offset += _padded(info.size)
+            header_at = None
             prev = name
-            expected_offset = info.offset_data + -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-    except (tarfile.TarError, zstandard.ZstdError, EOFError, OSError) as exc:
+        if junk_at is not None:
+            scan.gaps.append((junk_at, prev))
+    except (zstandard.ZstdError, EOFError, OSError) as exc:
         scan.stream_error = f"{type(exc).__name__}: {exc}"
         scan.stream_error_member = current
 
 
 def _read_member(
-    scan: Scan, tf: tarfile.TarFile, info: tarfile.TarInfo, limits: Limits, dest: Path | None
+    scan: Scan, inf: _Inflater, name: str, size: int, header_at: int, limits: Limits, dest: Path | None
 ) -> None:
-    name = info.name
-    src = tf.extractfile(info)
-    assert src is not None  # regular file, checked by the caller
     sha = hashlib.sha256()
     keep = name in _KEEP_IN_MEMORY or name.startswith(L.TASKS_DIR)
-    if keep and info.size > limits.max_meta_bytes:
+    if keep and size > limits.max_meta_bytes:
         raise UnsafeBundle(name, f"metadata member larger than {limits.max_meta_bytes} bytes")
-    kept = bytearray() if keep else None
+    kept: list[bytes] | None = [] if keep else None
     out = None
-    first = True
-    n = 0
+    left = size
     try:
+        block = inf.read(min(CHUNK, left))
+        problem = L.content_problem(name, block[:4096])
+        if problem:
+            raise UnsafeBundle(name, problem)
+        if dest is not None:
+            out = _open_member_file(dest, name)
         while True:
-            block = src.read(CHUNK)
-            if first:
-                problem = L.content_problem(name, block[:4096])
-                if problem:
-                    raise UnsafeBundle(name, problem)
-                first = False
-                if dest is not None:
-                    out = _open_member_file(dest, name)
-            if not block:
-                break
-            n += len(block)
+            if len(block) < min(CHUNK, left):
+                raise EOFError(f"member {name!r} truncated ({size - left + len(block)} of {size} bytes)")
             sha.update(block)
             if kept is not None:
-                kept += block
+                kept.append(block)
             if out is not None:
                 out.write(block)
+            left -= len(block)
+            if not left:
+                break
+            block = inf.read(min(CHUNK, left))
     finally:
         if out is not None:
             out.close()
-    if n != info.size:
-        raise EOFError(f"member {name!r} truncated ({n} of {info.size} bytes)")
-    scan.members[name] = ScannedMember(name, info.size, sha.hexdigest(), info.offset)
+    pad = _padded(size) - size
+    if pad and len(inf.read(pad)) != pad:
+        raise EOFError(f"member {name!r} truncated (padding)")
+    scan.members[name] = ScannedMember(name, size, sha.hexdigest(), header_at)
     if kept is not None:
-        scan.meta[name] = bytes(kept)
+        scan.meta[name] = b"".join(kept)
 
 
 class ExtractedBundle:
@@ -311,7 +419,7 @@ def safe_extract(
 
     root = Path(tempfile.mkdtemp(prefix="ekb-extract-", dir=tmp_parent))
     try:
-        scan = scan_bundle(path, limits=limits, dest=root)
+        scan = scan_bundle(path, limits=limits, dest=root, file_sha256=True)
         problems = check_scan(scan, public_key_path=public_key_path)
         if problems:
             first = problems[0]

@@ -105,8 +105,9 @@ def reproduce_markdown(
         f"- Bundle data digest: `{content_digest or 'n/a'}` (sha256 over the path and sha256 of every "
         "data member: run, metrics, environment, tasks, samples, reports; see manifest.json)",
         "- The `.ekb` file's sha256 (`sha256sum run.ekb`) is printed by `evalkeeper bundle` and "
-        "`evalkeeper verify`, and recorded in the run's provenance in the workspace; the file's last 48 "
-        "bytes carry the sha256 of everything before them, so `verify` needs nothing external.",
+        "`evalkeeper verify --sha256`, and recorded in the run's provenance in the workspace; the file's "
+        "last 28 bytes carry the CRC-32 and length of everything before them, so `verify` needs nothing "
+        "external to detect damage.",
         "",
     ]
     if previous_bundle:

@@ -1,5 +1,5 @@
 """Verify a bundle: every member digest, manifest completeness, the provenance statement, the signature
-and the whole-file digest trailer. Problems always name the member they concern."""
+and the whole-file checksum trailer. Problems always name the member they concern."""
 
 from __future__ import annotations
 
@@ -164,7 +164,7 @@ def check_scan(
         problems.append(
             Problem(
                 f"<tar header after {after}>",
-                f"unparseable tar data at offset {offset} (a damaged member header)",
+                f"unparseable tar data at offset {offset} (a damaged member header, or bytes added)",
             )
         )
     names = list(scan.members)
@@ -192,13 +192,13 @@ def check_scan(
                 report.signature = "invalid"
     elif public_key_path:
         problems.append(Problem(L.ENVELOPE, "bundle is not signed, but a public key was given"))
-    if scan.trailer_sha256 is None:
-        problems.append(Problem("<file trailer>", "missing or damaged whole-file digest trailer"))
-    elif scan.trailer_sha256 != scan.body_sha256:
+    if scan.trailer is None:
+        problems.append(Problem("<file trailer>", "missing or damaged whole-file checksum trailer"))
+    elif scan.trailer != (scan.body_crc32, scan.file_size - L.TRAILER_LEN):
         problems.append(
             Problem(
                 "<compressed container>",
-                "file bytes differ from the digest in the trailer (zstd/tar bytes altered)",
+                "file bytes or length differ from the checksum trailer (zstd/tar bytes altered)",
             )
         )
     # Content mismatches of named members are the most specific evidence: list them first.
@@ -210,11 +210,13 @@ def verify_bundle(
     *,
     public_key_path: str | os.PathLike[str] | None = None,
     limits: Limits = Limits(),
+    file_sha256: bool = False,
 ) -> VerifyReport:
-    """Never raises for a bad bundle: the report's status/exit_code say intact, tampered or unreadable."""
+    """Never raises for a bad bundle: the report's status/exit_code say intact, tampered or unreadable.
+    `file_sha256` also reports the file's sha256 (to compare with a published digest)."""
     report = VerifyReport(Path(path), "unreadable")
     try:
-        scan = scan_bundle(path, limits=limits)
+        scan = scan_bundle(path, limits=limits, file_sha256=file_sha256)
     except BundleUnreadable as exc:
         report.problems.append(Problem("<file>", exc.message))
         return report
@@ -228,9 +230,12 @@ def verify_bundle(
         load_public_key(public_key_path)
     report.problems = check_scan(scan, public_key_path=public_key_path, report=report)
     report.status = "tampered" if report.problems else "intact"
-    ours = L.MARKER in scan.members or L.MANIFEST in scan.members or scan.trailer_sha256 is not None
-    if not ours and not scan.stream_error:
-        report.status = "unreadable"  # a valid tar+zstd file that is simply not a bundle
+    ours = L.MARKER in scan.members or L.MANIFEST in scan.members or scan.trailer is not None
+    if not ours:  # zstd data without a bundle marker, manifest or trailer: not a bundle at all
+        report.status = "unreadable"
+        report.problems.insert(
+            0, Problem("<file>", "not an evalkeeper bundle (no marker, manifest or trailer)")
+        )
     return report
 
 
@@ -239,7 +244,7 @@ def inspect_bundle(path: str | os.PathLike[str], *, public_key_path: str | None 
     from evalkeeper.bundle.env import summarize_environment
 
     report = VerifyReport(Path(path), "unreadable")
-    scan = scan_bundle(path)
+    scan = scan_bundle(path, file_sha256=True)
     report.problems = check_scan(scan, public_key_path=public_key_path, report=report)
     report.status = "tampered" if report.problems else "intact"
     report.members = len(scan.members)

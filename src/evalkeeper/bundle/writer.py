@@ -7,6 +7,7 @@ import hashlib
 import os
 import re
 import tarfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,10 +49,12 @@ class _HashingFile:
     def __init__(self, raw: IO[bytes]) -> None:
         self.raw = raw
         self.sha = hashlib.sha256()
+        self.crc = 0
         self.size = 0
 
     def write(self, data: bytes | memoryview) -> int:
         self.sha.update(data)
+        self.crc = zlib.crc32(data, self.crc)
         self.raw.write(data)
         self.size += len(data)
         return len(data)
@@ -253,7 +256,7 @@ def create_bundle(
             tw.add_bytes(L.ENVELOPE, sign_envelope(statement, key))
         uncompressed = tw.offset
         tw.close()
-        trailer = L.trailer_for(sink.sha.digest())
+        trailer = L.trailer_for(sink.crc, sink.size)
         raw.write(trailer)
         whole = sink.sha.copy()
         whole.update(trailer)

@@ -102,12 +102,15 @@ def register(app: typer.Typer) -> None:
     def verify_cmd(
         path: Path = typer.Argument(..., help="Bundle file (.ekb)."),
         pubkey: Path | None = PubkeyOpt,
+        sha256: bool = typer.Option(
+            False, "--sha256", help="Also print the file's sha256 (as sha256sum does)."
+        ),
         as_json: bool = JsonOpt,
     ) -> None:
         """Check every digest, manifest completeness and the signature. Exit 0 intact, 1 tampered, 2 unreadable."""
         from evalkeeper.bundle.verify import verify_bundle
 
-        rep = verify_bundle(path, public_key_path=pubkey)
+        rep = verify_bundle(path, public_key_path=pubkey, file_sha256=sha256)
         if as_json:
             print_json(rep.to_dict())
         elif rep.status == "intact":
@@ -117,8 +120,8 @@ def register(app: typer.Typer) -> None:
                 "present (not checked)": "signed (pass --pubkey to check the signature)",
             }.get(rep.signature, rep.signature)
             console().print(
-                f"[green]intact[/]: {rep.members} members, every digest matches; {sig}\n"
-                f"sha256 {rep.file_sha256}",
+                f"[green]intact[/]: {rep.members} members, every digest matches; {sig}"
+                + (f"\nsha256 {rep.file_sha256}" if rep.file_sha256 else ""),
                 highlight=False,
             )
         else:
