@@ -186,3 +186,15 @@ def test_openapi_documents_the_api(client: TestClient) -> None:
         assert path in spec["paths"], path
     assert not any(p.startswith("/runs") for p in spec["paths"])  # pages are not API
     assert client.get("/docs").status_code == 404  # no CDN-backed Swagger UI
+
+
+@pytest.mark.parametrize(("task", "attribute"), [("arith", "lang"), ("mc", "level"), ("mc", "no-such-attr")])
+def test_slices_and_group_keys_agree_between_index_and_parquet(dash: Dash, task: str, attribute: str) -> None:
+    fast = DashboardService(dash.ws, use_index=True)
+    slow = DashboardService(dash.ws, use_index=False)
+    a, b = fast.slices("run-b-candidate", task, attribute), slow.slices("run-b-candidate", task, attribute)
+    assert [s.value for s in a.slices] == [s.value for s in b.slices]
+    for x, y in zip([a.overall, *a.slices], [b.overall, *b.slices], strict=True):
+        assert (x.n, x.mean, x.ci_low, x.ci_high) == pytest.approx((y.n, y.mean, y.ci_low, y.ci_high))
+    run = dash.ws.get_run("run-b-candidate")
+    assert fast.group_attributes(run) == slow.group_attributes(run)

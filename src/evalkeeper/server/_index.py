@@ -46,6 +46,7 @@ class RunIndex:
     score: np.ndarray  # the task's primary metric, NaN where missing
     _cache: dict[tuple[str, ...], Any] = field(default_factory=dict)
     _searches: OrderedDict[str, np.ndarray] = field(default_factory=OrderedDict)
+    _keep: list[pa.Array] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -68,71 +69,138 @@ class RunIndex:
             self._cache[key] = value
         return value
 
+    def _entries(self, column: str) -> tuple[dict[str, int], np.ndarray, np.ndarray, pa.Array]:
+        """A map column flattened once: key -> code, each entry's key code and row, and the entry values."""
+        def make() -> tuple[dict[str, int], np.ndarray, np.ndarray, pa.Array]:
+            col = self.table.column(column).combine_chunks()
+            offsets = np.asarray(col.offsets.to_numpy(), dtype=np.int64)
+            start, end = int(offsets[0]), int(offsets[-1])
+            keys = pc.dictionary_encode(col.keys.slice(start, end - start))
+            rows = np.repeat(np.arange(len(col), dtype=np.int64), np.diff(offsets))
+            codes = np.asarray(keys.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+            lookup = {str(k): i for i, k in enumerate(keys.dictionary.to_pylist())}
+            return lookup, codes, rows, col.items.slice(start, end - start)
+
+        return self._cached(("entries", column), make)  # type: ignore[no-any-return]
+
     def metric(self, name: str) -> np.ndarray:
         """Float values of one metric (NaN where a sample lacks it)."""
         def make() -> np.ndarray:
-            col = pc.map_lookup(self.table.column("scores"), pa.scalar(name), "first")
-            return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+            lookup, codes, rows, items = self._entries("scores")
+            out = np.full(self.n_rows, np.nan)
+            if name in lookup:
+                hit = codes == lookup[name]
+                vals = np.asarray(pc.fill_null(items, np.nan).to_numpy(zero_copy_only=False), dtype=np.float64)
+                out[rows[hit][::-1]] = vals[hit][::-1]  # reversed: the first occurrence wins, like map_lookup
+            return out
 
         return self._cached(("metric", name), make)  # type: ignore[no-any-return]
 
-    def group(self, name: str) -> pa.ChunkedArray:
-        return self._cached(("group", name),
-                            lambda: pc.map_lookup(self.table.column("group"), pa.scalar(name), "first"))
+    def codes(self, kind: str, name: str = "") -> tuple[dict[str, int], np.ndarray]:
+        """Dictionary codes per row of the task column or of one group attribute (-1: missing)."""
+        def make() -> tuple[dict[str, int], np.ndarray]:
+            if kind == "task":
+                enc = pc.dictionary_encode(self.table.column("task")).combine_chunks()
+                codes = np.asarray(pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
+                return {str(v): i for i, v in enumerate(enc.dictionary.to_pylist())}, codes
+            lookup, key_codes, rows, items = self._entries("group")
+            codes = np.full(self.n_rows, -1, dtype=np.int64)
+            if name not in lookup:
+                return {}, codes
+            hit = key_codes == lookup[name]
+            vals = pc.dictionary_encode(items.filter(pa.array(hit)))
+            val_codes = np.asarray(pc.fill_null(vals.indices, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
+            codes[rows[hit][::-1]] = val_codes[::-1]
+            return {str(v): i for i, v in enumerate(vals.dictionary.to_pylist())}, codes
+
+        return self._cached(("codes", kind, name), make)  # type: ignore[no-any-return]
 
     def equals(self, kind: str, name: str, value: str | None) -> np.ndarray:
         """Rows where a string column (task, or a group attribute) equals `value` (None: is present)."""
-        def make() -> tuple[dict[str, int], np.ndarray]:
-            col = self.table.column("task") if kind == "task" else self.group(name)
-            enc = pc.dictionary_encode(col).combine_chunks()
-            codes = np.asarray(pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
-            return {str(v): i for i, v in enumerate(enc.dictionary.to_pylist())}, codes
-
-        lookup, codes = self._cached(("codes", kind, name), make)
+        lookup, codes = self.codes(kind, name)
         if value is None:
-            return codes >= 0  # type: ignore[no-any-return]
+            return codes >= 0
         code = lookup.get(value)
         return np.zeros(len(codes), dtype=bool) if code is None else codes == code
+
+    def group_keys_by_task(self) -> dict[str, list[str]]:
+        lookup, key_codes, rows, _ = self._entries("group")
+        task_lookup, task_codes = self.codes("task")
+        keys = {v: k for k, v in lookup.items()}
+        tasks = {v: k for k, v in task_lookup.items()}
+        out: dict[str, set[str]] = {t: set() for t in task_lookup}
+        if key_codes.size:
+            width = len(lookup) + 1
+            for pair in np.unique(task_codes[rows] * width + key_codes):
+                out[tasks[int(pair) // width]].add(keys[int(pair) % width])
+        return {t: sorted(v) for t, v in sorted(out.items())}
+
+    def slice_stats(self, task: str, attribute: str, metric: str) -> tuple[list[tuple[str, int, float, float]],
+                                                                         tuple[int, float, float]]:
+        """Per value of `attribute`: (value, n, mean, sample sd) of `metric` in `task`; and the overall row."""
+        vals = self.metric(metric)
+        valid = self.equals("task", "", task) & ~np.isnan(vals)
+        lookup, codes = self.codes("group", attribute)
+        v, c = vals[valid], codes[valid] + 1  # 0: missing
+        n = np.bincount(c, minlength=len(lookup) + 1)
+        s1 = np.bincount(c, weights=v, minlength=len(lookup) + 1)
+        s2 = np.bincount(c, weights=v * v, minlength=len(lookup) + 1)
+        names = {i + 1: k for k, i in lookup.items()} | {0: "(missing)"}
+
+        def stats(cnt: int, a: float, b: float) -> tuple[int, float, float]:
+            mean = a / cnt
+            var = (b - cnt * mean * mean) / (cnt - 1) if cnt > 1 else float("nan")
+            return cnt, mean, float(np.sqrt(max(var, 0.0))) if cnt > 1 else float("nan")
+
+        rows = [(names[i], *stats(int(n[i]), float(s1[i]), float(s2[i]))) for i in range(len(n)) if n[i]]
+        overall = stats(int(v.size), float(v.sum()), float((v * v).sum())) if v.size else (0, 0.0, float("nan"))
+        return sorted(rows), overall
 
     def search(self, needle: str) -> np.ndarray:
         """Rows whose input, prediction or target contains `needle`, ignoring case.
 
-        Texts are lowered once into one byte buffer (each row's fields joined and ended by NUL), and the
-        needle is matched with numpy: positions of its rarest byte, then the other bytes checked at those
-        candidates only. A whole-run scan is one vectorized comparison instead of a per-row matcher.
+        Each text column is lowered once; its Arrow data buffer is then one contiguous byte string, so a
+        needle is matched with numpy over the whole run at once: positions of its rarest byte, the other
+        bytes checked at those candidates only, and matches that straddle two rows dropped.
         """
         with self._lock:
             if needle in self._searches:  # paging through one search reuses its mask
                 self._searches.move_to_end(needle)
                 return self._searches[needle]
-        data, offsets, counts = self._cached(("search",), self._search_buffer)
-        key = np.frombuffer(needle.lower().replace("\x00", "").encode("utf-8"), dtype=np.uint8)
+        key = np.frombuffer(needle.lower().encode("utf-8"), dtype=np.uint8)
         hit = np.zeros(self.n_rows, dtype=bool)
         if key.size == 0:
             hit[:] = True
-            return hit
-        anchor = int(np.argmin(counts[key]))
-        cand = np.flatnonzero(data == key[anchor]) - anchor
-        cand = cand[(cand >= 0) & (cand + key.size <= data.size)]
-        for k in range(key.size):
-            if k != anchor and cand.size:
-                cand = cand[data[cand + k] == key[k]]
-        hit[np.searchsorted(offsets, cand, side="right") - 1] = True
+        for name in TEXT_COLUMNS if key.size else ():
+            data, offsets, counts = self._cached(("lower", name), lambda n=name: self._lowered(n))
+            anchor = int(np.argmin(counts[key]))
+            cand = np.flatnonzero(data == key[anchor]) - anchor
+            cand = cand[(cand >= 0) & (cand + key.size <= data.size)]
+            for k in range(key.size):
+                if k != anchor and cand.size:
+                    cand = cand[data[cand + k] == key[k]]
+            first = np.searchsorted(offsets, cand, side="right") - 1
+            last = np.searchsorted(offsets, cand + key.size - 1, side="right") - 1
+            hit[first[first == last]] = True
         with self._lock:
             self._searches[needle] = hit
             while len(self._searches) > SEARCH_CACHE:
                 self._searches.popitem(last=False)
         return hit
 
-    def _search_buffer(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        cols = [pc.utf8_lower(pc.fill_null(self.table.column(c), "")) for c in TEXT_COLUMNS]
-        sep = pa.scalar("\x00", pa.large_string())
-        joined = pc.binary_join_element_wise(*cols, pa.scalar("", pa.large_string()), sep).combine_chunks()
-        joined = joined.cast(pa.large_string())
-        bufs = joined.buffers()
-        offsets = np.frombuffer(bufs[1], dtype=np.int64)[joined.offset:joined.offset + len(joined) + 1].copy()
-        data = np.frombuffer(bufs[2], dtype=np.uint8).copy() if bufs[2] is not None else np.zeros(0, np.uint8)
-        return data, offsets, np.bincount(data, minlength=256)
+    def _lowered(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One text column lowered: (bytes as uint8, row offsets into them, approximate byte histogram)."""
+        col = pc.fill_null(self.table.column(name), "").combine_chunks()
+        ascii_only = bool(pc.all(pc.string_is_ascii(col)).as_py() is not False)
+        low = (pc.ascii_lower(col) if ascii_only else pc.utf8_lower(col)).cast(pa.large_string())
+        bufs = low.buffers()
+        offsets = np.frombuffer(bufs[1], dtype=np.int64)[low.offset:low.offset + len(low) + 1]
+        data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
+        end = int(offsets[-1]) if len(offsets) else 0
+        data = data[:end]
+        self._keep.append(low)  # the numpy views borrow Arrow's buffers
+        sample = data[:: max(1, data.size // 1_000_000)]  # byte frequencies from a strided sample
+        return data, offsets, np.bincount(sample, minlength=256)
 
     def sort_key(self, sort: str, metric: str | None) -> pa.Array | np.ndarray:
         if sort == "score":

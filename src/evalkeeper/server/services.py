@@ -20,7 +20,7 @@ import pyarrow as pa
 from evalkeeper.core.errors import EvalkeeperError, NotFoundError
 from evalkeeper.core.records import MetricResult, Run
 from evalkeeper.server._env import environment_summary
-from evalkeeper.server._index import ExplorerIndex
+from evalkeeper.server._index import ExplorerIndex, RunIndex
 from evalkeeper.server._sql import LIST_TEXT_LIMIT, ROW_COLUMNS, ExplorerQuery
 from evalkeeper.server.schemas import (
     ComparisonOut,
@@ -177,7 +177,8 @@ class DashboardService:
 
     def _indexed_page(self, run: Run, q: ExplorerQuery) -> tuple[int, list[SampleRow]] | None:
         """The page from the in-memory index; None when the index cannot answer (search without texts)."""
-        idx = self.index.get(run, self.ws.sample_paths(run.run_id))
+        idx = self._index_for(run)
+        assert idx is not None
         search = (q.search or "").strip() or None
         if search and not idx.has_text:
             return None
@@ -270,8 +271,16 @@ class DashboardService:
         )
 
     # ---- slices ---------------------------------------------------------------------------------
+    def _index_for(self, run: Run) -> RunIndex | None:
+        if self.use_index and run.status != "running" and run.n_samples:
+            return self.index.get(run, self.ws.sample_paths(run.run_id))
+        return None
+
     def group_attributes(self, run: Run) -> dict[str, list[str]]:
-        """Group attribute names per task, from the Parquet (one aggregate query)."""
+        """Group attribute names per task (from the index, or one aggregate query over the Parquet)."""
+        idx = self._index_for(run)
+        if idx is not None:
+            return idx.group_keys_by_task()
         rows = self._sql(
             run.run_id,
             'SELECT task, list_sort(list_distinct(flatten(list(map_keys("group"))))) '
@@ -291,6 +300,14 @@ class DashboardService:
             raise EvalkeeperError(f"task {task!r} declares no metrics", hint="pass metric=")
         if not run.n_samples:
             raise NotFoundError(f"run {run.run_id} has no stored samples")
+        idx = self._index_for(run)
+        if idx is not None:
+            groups, (n, mean, sd) = idx.slice_stats(task, attribute, metric)
+            if not n:
+                raise NotFoundError(f"no scores for metric {metric!r} in task {task!r}")
+            return SliceReport(run_id=run.run_id, task=task, metric=metric, attribute=attribute,
+                               overall=_slice_row("overall", {"n": n, "mean": mean, "sd": sd}),
+                               slices=[_slice_row(v, {"n": c, "mean": m, "sd": d}) for v, c, m, d in groups])
         agg = "count(scores[?]) AS n, avg(scores[?]) AS mean, stddev_samp(scores[?]) AS sd"
         base = "FROM {rel} AS s WHERE task = ? AND scores[?] IS NOT NULL"
         rows = self._sql(
