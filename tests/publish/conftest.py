@@ -104,12 +104,34 @@ def _start_mlflow(root: Path) -> None:
     _MLFLOW.update(proc=proc, url=f"http://127.0.0.1:{port}", root=root, log=log)
 
 
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Boot the MLflow server while the other tests run, if any selected test needs it."""
-    if not _MLFLOW and any("mlflow_server" in getattr(i, "fixturenames", ()) for i in items):
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Boot the MLflow server while the other tests run (those tests go last), if a selected test needs it."""
+    items = session.items
+    needs = [i for i in items if "mlflow_server" in getattr(i, "fixturenames", ())]
+    if needs and not _MLFLOW and not session.config.option.collectonly:
         import tempfile
 
         _start_mlflow(Path(tempfile.mkdtemp(prefix="evalkeeper-mlflow-")))
+        items[:] = [i for i in items if i not in needs] + needs
+
+
+def _stop_mlflow() -> None:
+    proc = _MLFLOW.get("proc")
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Never leave the server behind (e.g. when its tests were interrupted or skipped)."""
+    _stop_mlflow()
 
 
 @pytest.fixture(scope="session")
@@ -139,11 +161,7 @@ def mlflow_server() -> Iterator[str]:
             time.sleep(0.5)
         yield url
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
+        _stop_mlflow()
         _MLFLOW["log"].close()
         shutil.rmtree(root, ignore_errors=True)
 

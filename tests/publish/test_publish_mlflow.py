@@ -66,3 +66,19 @@ def test_tracking_uri_from_environment_and_missing(workspace: Workspace, run_wit
     report = publish_run(workspace, run_with_gate.run_id, [Destination(sink="mlflow")], sleep=lambda s: None)
     assert not report.ok and "no MLflow tracking URI" in (report.outcomes[0].error or "")
     assert report.outcomes[0].attempts == 1
+
+
+def test_unreachable_server_is_retried_then_reported_and_others_still_publish(
+        workspace: Workspace, run_with_gate: Run, tmp_path: Path) -> None:
+    from .conftest import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    delays: list[float] = []
+    report = publish_run(workspace, run_with_gate.run_id,
+                         [Destination(sink="mlflow", options={"tracking_uri": dead, "http_retries": 0}),
+                          parse_target(f"tensorboard:{tmp_path / 'tb'}")], retries=1, backoff=0.1,
+                         sleep=delays.append)
+    failed, ok = report.outcomes
+    assert not failed.ok and failed.attempts == 2 and delays == [0.1]
+    assert f"MLflow at {dead}" in (failed.error or "") and "Caused by" not in (failed.error or "")
+    assert ok.ok

@@ -153,7 +153,8 @@ def _publish_one(sink: Any, ctx: PublishContext, retries: int, backoff: float,
                 log.warning("sink %s: attempt %d failed (%s); retrying in %.1fs", name, attempt, message, delay)
                 sleep(delay)
                 continue
-            log.error("sink %s failed after %d attempt(s): %s", name, attempt, message)
+            # info, not error: the failure is in the returned report (and the CLI's table) already
+            log.info("sink %s failed after %d attempt(s): %s", name, attempt, message)
             return SinkOutcome(name, target, False, attempt, time.monotonic() - start, error=message)
         if not isinstance(result, PublishResult):
             return SinkOutcome(name, target, False, attempt, time.monotonic() - start,

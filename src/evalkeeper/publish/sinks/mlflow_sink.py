@@ -16,10 +16,18 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from evalkeeper.publish.base import BaseSink, PublishContext, PublishResult, SinkError, SinkOptions
+from evalkeeper.publish.base import (
+    BaseSink,
+    PublishContext,
+    PublishResult,
+    SinkError,
+    SinkOptions,
+    TransientSinkError,
+)
 from evalkeeper.publish.redact import redact
 
 RUN_ID_TAG = "evalkeeper.run_id"
+TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_PARAM_LEN = 500
 
 
@@ -115,8 +123,18 @@ class MlflowSink(BaseSink):
         uri = self._uri()
         knobs = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(self.options.http_retries),
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(self.options.timeout))}
+        from mlflow.exceptions import MlflowException
+
         with _env(knobs):
-            return self._publish(ctx, uri)
+            try:
+                return self._publish(ctx, uri)
+            except MlflowException as exc:
+                # connection failures arrive as MlflowException with HTTP status 500; 429/5xx are worth a retry
+                code = exc.get_http_status_code()
+                text = str(exc.message).split(" (Caused by", 1)[0][:500]
+                if code in TRANSIENT_STATUS:
+                    raise TransientSinkError(f"MLflow at {redact(uri)}: {text}") from None
+                raise SinkError(f"MLflow at {redact(uri)}: {text}") from None
 
     def _publish(self, ctx: PublishContext, uri: str) -> PublishResult:
         from mlflow.entities import Metric, Param, RunTag

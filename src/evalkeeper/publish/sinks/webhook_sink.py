@@ -88,7 +88,7 @@ def build_message(ctx: PublishContext, link: str | None = None, max_metrics: int
             line += "\nfailed: " + _esc(", ".join(str(f) for f in failed[:10]))
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": line}})
     if link:
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"<{link}|Open run {ctx.run_id}>"}})
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"<{_esc(link)}|Open run {ctx.run_id}>"}})
     return {"text": text, "blocks": blocks}
 
 
