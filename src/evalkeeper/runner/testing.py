@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -66,6 +67,9 @@ class LoopbackOpenAI:
         return f"http://127.0.0.1:{self.port}/v1"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -150,3 +154,26 @@ class LoopbackOpenAI:
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(5)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m evalkeeper.runner.testing --delay 0.05`: serve until killed; prints the base URL first."""
+    import argparse
+    import sys
+    import time
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    args = parser.parse_args(argv)
+    with LoopbackOpenAI(delay=args.delay) as srv:
+        sys.stdout.write(srv.base_url + "\n")
+        sys.stdout.flush()
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
