@@ -130,7 +130,7 @@ class MlflowSink(BaseSink):
                 return self._publish(ctx, uri)
             except MlflowException as exc:
                 # connection failures arrive as MlflowException with HTTP status 500; 429/5xx are worth a retry
-                code = exc.get_http_status_code()
+                code = exc.get_http_status_code()  # type: ignore[no-untyped-call]
                 text = str(exc.message).split(" (Caused by", 1)[0][:500]
                 if code in TRANSIENT_STATUS:
                     raise TransientSinkError(f"MLflow at {redact(uri)}: {text}") from None
