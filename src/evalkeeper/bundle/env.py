@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -347,7 +348,7 @@ def capture_environment(repo_path: str | os.PathLike[str] | None = None) -> dict
         "captured_at": dt.datetime.now(dt.UTC).isoformat(),
         "hostname": platform.node() or None,
     }
-    sections = {
+    sections: dict[str, Callable[[], Any]] = {
         "python": _python,
         "packages": installed_packages,
         "os": _os,

@@ -90,6 +90,10 @@ def _primary_metric(info: TaskInfo) -> str | None:
     return info.metrics[0] if info.metrics else None
 
 
+def _finite(x: float | None) -> float | None:
+    return None if x is None or math.isnan(x) else float(x)
+
+
 def compare_task(
     task: str,
     metric: str,
@@ -128,7 +132,6 @@ def compare_task(
         verdict = "different"
     else:
         verdict = "inconclusive"
-    nan_to_none = lambda x: None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)  # noqa: E731
     return TaskComparison(
         task,
         metric,
@@ -137,10 +140,10 @@ def compare_task(
         int(a.size),
         mean_a,
         mean_b,
-        nan_to_none(r.mean_diff),
-        nan_to_none(r.ci_low),
-        nan_to_none(r.ci_high),
-        nan_to_none(r.p_value),
+        _finite(r.mean_diff),
+        _finite(r.ci_low),
+        _finite(r.ci_high),
+        _finite(r.p_value),
         verdict,
     )
 

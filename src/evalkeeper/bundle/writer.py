@@ -68,7 +68,7 @@ class TarZstdWriter:
 
     def __init__(self, sink: _HashingFile, level: int, threads: int, mtime: float) -> None:
         cctx = zstandard.ZstdCompressor(level=level, write_checksum=True, threads=threads)
-        self.z = cctx.stream_writer(sink, closefd=False, write_size=CHUNK)
+        self.z = cctx.stream_writer(sink, closefd=False, write_size=CHUNK)  # type: ignore[arg-type]
         self.mtime = int(mtime)
         self.offset = 0
         self.members: list[L.MemberDigest] = []
@@ -136,7 +136,7 @@ class TarZstdWriter:
         end += (-total) % RECORD
         self.z.write(b"\0" * end)
         self.offset += end
-        self.z.close()  # ends the frame (with its checksum); the sink stays open (closefd=False)
+        self.z.close()  # type: ignore[no-untyped-call]  # ends the frame (with its checksum); the sink stays open (closefd=False)
 
 
 def _safe_task_name(i: int, name: str) -> str:

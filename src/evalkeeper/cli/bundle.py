@@ -30,6 +30,12 @@ def _print_env(env: dict[str, Any] | None, full: bool) -> None:
     from evalkeeper.bundle import summarize_environment
 
     c = console()
+    if env and "python" not in env and isinstance(env.get("importer"), dict):
+        c.print(
+            "the source tool recorded no environment snapshot; showing the machine that imported it",
+            highlight=False,
+        )
+        env = env["importer"]
     if not env:
         c.print("no environment snapshot recorded")
         return
