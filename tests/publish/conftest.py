@@ -28,9 +28,14 @@ def run_with_gate(workspace: Workspace) -> Run:
     """A 2-task run (40 samples each) with a failing gate decision and a Markdown report in its run folder."""
     run = make_run(workspace, tasks=("arith", "mc"), n=40, seed=3, p={"arith": 0.6, "mc": 0.8}, model="smol-135m")
     workspace.append_decision(Decision(decision_id=new_id("dec"), kind="gate", subject=run.run_id, verdict="pass",
-                                       details={"summary": "old verdict"}))
+                                       details={"policy_name": "old-policy", "n_verdicts": 1, "n_failed": 0,
+                                                "failed": []}))
+    # the shape `evalkeeper gate` records (gates/record.py)
     workspace.append_decision(Decision(decision_id=new_id("dec"), kind="gate", subject=run.run_id, verdict="fail",
-                                       details={"summary": "arith/acc below 0.65", "failed_rules": ["min-arith"]}))
+                                       details={"policy_name": "release", "policy_sha256": "ab" * 32,
+                                                "n_verdicts": 3, "n_failed": 1, "failed": ["min-acc/arith"],
+                                                "verdicts": [{"rule": "min-acc", "task": "arith",
+                                                              "status": "fail", "estimate": 0.6}]}))
     (workspace.run_dir(run.run_id) / "report.md").write_text("# Report\n\narith acc 0.6\n")
     return run
 

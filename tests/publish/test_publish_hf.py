@@ -64,7 +64,7 @@ def test_dataset_repo_with_card_results_samples_bundle(workspace: Workspace, run
     arith = next(r for r in results if r.task_name == "arith")
     assert arith.dataset_name == "arith" and arith.verified is False and arith.source_url == "https://dash.example/runs/1"
     assert arith.metric_args is not None and arith.metric_args["n"] == 40
-    assert "Quality gate: **fail**" in card.text
+    assert "Quality gate: **fail** - FAIL (policy release): 1 of 3 rule checks failed - min-acc/arith." in card.text
     # every write call was authenticated with the token; the token appears nowhere else
     assert all(c["auth"] == f"Bearer {TOKEN}" for c in hub.calls)
     assert [c["path"].split("/")[-2] if "/datasets/" in c["path"] else c["path"] for c in hub.calls] == [

@@ -156,5 +156,7 @@ def test_report_and_bundle_files_are_found_in_run_dir(workspace: Workspace, run_
     assert [(m.task, m.metric) for m in headline] == [("arith", "acc"), ("mc", "acc")]
     results = ctx.results
     assert results["schema"] == "evalkeeper.results" and results["gate"]["verdict"] == "fail"
+    assert results["gate"]["failed"] == ["min-acc/arith"] and results["gate"]["policy_name"] == "release"
+    assert "verdicts" not in results["gate"]
     assert "environment" not in results and "published" not in json.dumps(results)
     assert ctx.samples_table(limit=7).num_rows == 7

@@ -35,7 +35,7 @@ def test_scalars_and_config_read_back(workspace: Workspace, run_with_gate: Run, 
     config_text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
     assert run_with_gate.run_id in config_text and "smol-135m" in config_text and '"seed": 3' in config_text
     gate_text = acc.Tensors("gate/text_summary")[0].tensor_proto.string_val[0].decode()
-    assert "fail" in gate_text
+    assert "verdict: **fail**" in gate_text and "min-acc/arith" in gate_text
     # provenance records where it went
     published = workspace.get_run(run_with_gate.run_id).provenance.published
     assert published[-1]["sink"] == "tensorboard" and published[-1]["target"] == str(tmp_path / "tb")

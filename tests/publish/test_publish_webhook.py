@@ -35,8 +35,8 @@ def test_posts_slack_payload_with_metrics_gate_and_link(workspace: Workspace, ru
     metrics = {m.task: m for m in workspace.get_metrics(run_with_gate.run_id)}
     assert f"{metrics['arith'].value:.4g}" in text and f"{metrics['mc'].value:.4g}" in text
     assert f"{metrics['arith'].ci_low:.4g}" in text
-    assert "Gate: FAIL" in text and "arith/acc below 0.65" in text and "min-arith" in text  # latest verdict
-    assert "old verdict" not in text
+    assert "Gate: FAIL (policy release): 1 of 3 rule checks failed - min-acc/arith" in text  # latest verdict
+    assert "old-policy" not in text
     assert "<https://dash.example/run/1|Open run" in text
     assert msg["blocks"][0]["type"] == "header"
     # the published record keeps the host only, never the secret path

@@ -9,6 +9,7 @@ from evalkeeper.publish.base import (
     SinkOptions,
     TransientSinkError,
     build_results,
+    gate_summary,
 )
 from evalkeeper.publish.config import Destination, apply_overrides, build_sink, load_config, parse_target
 from evalkeeper.publish.redact import display_url, redact, redaction_active, register_secret
@@ -20,6 +21,6 @@ __all__ = [
     "ENTRY_POINT_GROUP", "BaseSink", "Destination", "OutboundURLRefused", "PublishContext", "PublishReport",
     "PublishResult", "Sink", "SinkError", "SinkInfo", "SinkOptions", "SinkOutcome", "TransientSinkError",
     "apply_overrides", "build_context", "build_results", "build_sink", "check_outbound_url", "discover_sinks",
-    "display_url", "get_sink_class", "is_transient", "load_config", "parse_target", "post_json_safely",
+    "display_url", "gate_summary", "get_sink_class", "is_transient", "load_config", "parse_target", "post_json_safely",
     "publish_run", "redact", "redaction_active", "register_secret",
 ]

@@ -123,8 +123,10 @@ def build_results(run: Run, metrics: list[MetricResult], gate: Decision | None) 
         "tasks": [t.model_dump(mode="json", exclude={"config"}) for t in run.tasks],
         "metrics": [m.model_dump(mode="json", exclude={"schema_version", "run_id"}) for m in metrics],
         "gate": None if gate is None else {
-            "verdict": gate.verdict, "decided_at": gate.created_at.isoformat(),
-            "decision_id": gate.decision_id, "summary": gate.details.get("summary"),
+            "verdict": gate.verdict, "decided_at": gate.created_at.isoformat(), "decision_id": gate.decision_id,
+            "summary": gate_summary(gate),
+            **{k: gate.details[k] for k in ("policy_name", "policy_sha256", "n_verdicts", "n_failed", "failed",
+                                            "error") if k in gate.details},
         },
         "provenance": {
             "producer": run.provenance.producer,
@@ -133,6 +135,31 @@ def build_results(run: Run, metrics: list[MetricResult], gate: Decision | None) 
             "bundle_sha256": run.provenance.bundle_sha256,
         },
     }
+
+
+def gate_failures(gate: Decision) -> list[str]:
+    """The failed rules of a gate decision (`rule/task` strings, as `evalkeeper gate` records them)."""
+    failed = gate.details.get("failed")
+    return [str(f) for f in failed] if isinstance(failed, list) else []
+
+
+def gate_summary(gate: Decision) -> str:
+    """One line for humans: verdict, policy, how many rules failed and which (or the error)."""
+    text = gate.verdict.upper()
+    policy = gate.details.get("policy_name")
+    if policy:
+        text += f" (policy {policy})"
+    n, n_failed = gate.details.get("n_verdicts"), gate.details.get("n_failed")
+    if isinstance(n, int) and isinstance(n_failed, int):
+        text += f": {n_failed} of {n} rule checks failed"
+    failures = gate_failures(gate)
+    if failures:
+        shown = ", ".join(failures[:10]) + (f" and {len(failures) - 10} more" if len(failures) > 10 else "")
+        text += f" - {shown}"
+    error = gate.details.get("error")
+    if isinstance(error, str) and error:
+        text += f" - error: {error.splitlines()[0][:300]}"
+    return text
 
 
 @runtime_checkable

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import yaml
 from pydantic import Field, SecretStr, field_validator
 
-from evalkeeper.publish.base import BaseSink, PublishContext, PublishResult, SinkError, SinkOptions
+from evalkeeper.publish.base import BaseSink, PublishContext, PublishResult, SinkError, SinkOptions, gate_summary
 
 REPO_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
@@ -86,7 +86,7 @@ def dataset_card(ctx: PublishContext, repo_id: str, task_type: str = "text-gener
         ci = f"[{m.ci_low:.4f}, {m.ci_high:.4f}]" if m.ci_low is not None and m.ci_high is not None else "n/a"
         lines.append(f"| {m.task} | {m.metric} | {m.value:.4f} | {ci} | {m.n if m.n is not None else ''} |")
     if ctx.gate is not None:
-        lines += ["", f"Quality gate: **{ctx.gate.verdict}**."]
+        lines += ["", f"Quality gate: **{ctx.gate.verdict}** - {gate_summary(ctx.gate)}."]
     lines += ["", "## Files", "", f"- `results/{ctx.run_id}.json`: metrics with confidence intervals"]
     if ctx.sample_files:
         lines.append(f"- `samples/{ctx.run_id}/`: one row per scored sample (Parquet)")

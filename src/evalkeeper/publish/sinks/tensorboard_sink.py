@@ -9,7 +9,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from evalkeeper.publish.base import BaseSink, PublishContext, PublishResult, SinkError, SinkOptions
+from evalkeeper.publish.base import BaseSink, PublishContext, PublishResult, SinkError, SinkOptions, gate_summary
 
 
 class TensorBoardOptions(SinkOptions):
@@ -57,7 +57,8 @@ class TensorBoardSink(BaseSink):
             text = "```json\n" + json.dumps(config, indent=2, sort_keys=True) + "\n```"
             writer.add_text("config", text, step, walltime=walltime)
             if ctx.gate is not None:
-                writer.add_text("gate", f"verdict: **{ctx.gate.verdict}**", step, walltime=walltime)
+                writer.add_text("gate", f"verdict: **{ctx.gate.verdict}**\n\n{gate_summary(ctx.gate)}", step,
+                                walltime=walltime)
         finally:
             writer.close()
         events = sorted(str(p) for p in folder.glob("events.out.tfevents.*"))

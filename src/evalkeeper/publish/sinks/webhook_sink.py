@@ -12,7 +12,15 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
-from evalkeeper.publish.base import BaseSink, PublishContext, PublishResult, SinkError, SinkOptions, TransientSinkError
+from evalkeeper.publish.base import (
+    BaseSink,
+    PublishContext,
+    PublishResult,
+    SinkError,
+    SinkOptions,
+    TransientSinkError,
+    gate_summary,
+)
 from evalkeeper.publish.redact import display_url, url_secret_parts
 from evalkeeper.publish.urlcheck import post_json_safely
 
@@ -79,13 +87,7 @@ def build_message(ctx: PublishContext, link: str | None = None, max_metrics: int
         blocks.append({"type": "section", "fields": fields[i:i + MAX_FIELDS]})
     if gate is not None:
         icon = GATE_ICONS.get(gate.verdict, ":grey_question:")
-        summary = gate.details.get("summary")
-        line = f"{icon} *Gate: {_esc(gate.verdict.upper())}*"
-        if isinstance(summary, str) and summary:
-            line += f"\n{_esc(summary)[:2000]}"
-        failed = gate.details.get("failed_rules") or gate.details.get("failures")
-        if isinstance(failed, list) and failed:
-            line += "\nfailed: " + _esc(", ".join(str(f) for f in failed[:10]))
+        line = f"{icon} *Gate: {_esc(gate_summary(gate))[:2900]}*"
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": line}})
     if link:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"<{_esc(link)}|Open run {ctx.run_id}>"}})
