@@ -234,3 +234,14 @@ def test_real_gate_run_in_report(workspace: Workspace) -> None:
 
 def want_status(report: object, rule_id: str) -> str:
     return next(v.status for v in report.verdicts if v.rule_id == rule_id)  # type: ignore[attr-defined]
+
+
+def test_headline_metric_falls_back_when_declared_one_is_missing(workspace: Workspace) -> None:
+    run = Run(run_id="run-mc2", model=ModelInfo(name="m"), provenance=Provenance(producer="lighteval"),
+              tasks=[TaskInfo(name="truthfulqa", metrics=["mc1"])])
+    workspace.add_run(run, [MetricResult(run_id="run-mc2", task="truthfulqa", metric="mc2", value=0.41,
+                                         stderr=0.03)], [])
+    data = build_report(workspace, "run-mc2")
+    assert [(m.metric, m.primary) for m in data.metrics] == [("mc2", True)]
+    assert any(b.startswith("truthfulqa: mc2 = 0.410 [0.351, 0.469]") for b in data.summary.bullets)
+    assert data.environment is None

@@ -111,6 +111,13 @@ def metric_rows(ws: Workspace, run: Run) -> tuple[list[MetricRow], dict[str, str
                     estimate=est,
                 )
             )
+    # A task whose declared primary metric has no value (e.g. a source that reported other metrics) shows
+    # its first available metric as the headline instead of none at all.
+    headed = {r.task for r in rows if r.primary}
+    for i, r in enumerate(rows):
+        if r.task not in headed:
+            rows[i] = r.model_copy(update={"primary": True})
+            headed.add(r.task)
     order = {t.name: i for i, t in enumerate(run.tasks)}
     rows.sort(key=lambda r: (order.get(r.task, len(order)), r.task, not r.primary, r.metric))
     return rows, primary, notes
@@ -177,8 +184,8 @@ def environment_section(run: Run) -> EnvironmentSummary | None:
     items: dict[str, str | int | float | bool | None] = {
         k: v
         for k, v in summarize_environment(run.environment).items()
-        if v is not None and isinstance(v, (str, int, float, bool))
-    }
+        if isinstance(v, (str, int, float, bool)) and v not in ("", 0) and "None" not in str(v)
+    }  # sparse snapshots (imports) summarize to "None xNone" and 0 packages: not worth a line
     pk = run.environment.get("packages") or {}
     packages = {name: str(pk[name]) for name in SCORE_RELEVANT_PACKAGES if isinstance(pk, dict) and name in pk}
     return EnvironmentSummary(items=items, packages=packages)
