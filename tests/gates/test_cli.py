@@ -28,9 +28,9 @@ rules:
 
 @pytest.fixture()
 def runs(workspace: Workspace, tmp_path: Path) -> dict[str, str]:
-    base = make_run(workspace, n=1200, seed=1, p=0.75, run_id="run-base")
-    good = make_run(workspace, n=1200, seed=1, p=0.75, run_id="run-good")  # same scores as the baseline
-    bad = make_run(workspace, n=1200, seed=2, p={"arith": 0.62, "mc": 0.75}, run_id="run-bad")
+    base = make_run(workspace, n=800, seed=1, p=0.75, run_id="run-base")
+    good = make_run(workspace, n=800, seed=1, p=0.75, run_id="run-good")  # same scores as the baseline
+    bad = make_run(workspace, n=800, seed=2, p={"arith": 0.6, "mc": 0.75}, run_id="run-bad")
     (tmp_path / "gates.yaml").write_text(POLICY)
     return {"base": base.run_id, "good": good.run_id, "bad": bad.run_id, "policy": str(tmp_path / "gates.yaml")}
 
@@ -72,7 +72,7 @@ def test_gate_exit_codes_and_outputs(workspace: Workspace, runs: dict[str, str],
     assert props["prod"] == runs["base"] and len(props["policy_sha256"] or "") == 64
     report = json.loads(js.read_text())
     arith = next(v for v in report["verdicts"] if v["rule_id"] == "nr" and v["task"] == "arith")
-    assert arith["status"] == "fail" and arith["n_paired"] == 1200 and arith["p_corrected"] < 0.05
+    assert arith["status"] == "fail" and arith["n_paired"] == 800 and arith["p_corrected"] < 0.05
     assert arith["diff"] == pytest.approx(arith["estimate"] - arith["baseline_estimate"])
     md = summary.read_text()
     assert md.count("## Gate `ci`") == 2 and "❌ **FAIL**" in md and "✅ **PASS**" in md
@@ -106,7 +106,7 @@ def test_compare_and_power_json(workspace: Workspace, runs: dict[str, str]) -> N
     assert code == 0
     res = json.loads(out)
     arith = next(r for r in res["rows"] if r["task"] == "arith")
-    assert arith["direction"] == "worse" and arith["n_paired"] == 1200
+    assert arith["direction"] == "worse" and arith["n_paired"] == 800
     code, out, _ = run_cli("compare", runs["base"], runs["bad"])
     assert code == 0 and "arith" in out
     code, _, err = run_cli("compare", runs["base"], runs["bad"], "--task", "nope")

@@ -172,3 +172,20 @@ def test_gate_runs_are_recorded_in_the_audit_log(workspace: Workspace) -> None:
     last = workspace.list_decisions(kind="gate")[-1]
     assert last.verdict == "error" and "missing" in last.details["error"]
     assert workspace.verify_audit_log() == (True, None)
+
+
+def test_lower_is_better_metrics_regress_upwards(workspace: Workspace) -> None:
+    base = make_run(workspace, tasks=("tox",), n=600, seed=1, p=0.2, metric="toxic")
+    cand = make_run(workspace, tasks=("tox",), n=600, seed=2, p=0.32, metric="toxic")
+    for run in (base, cand):
+        stored = workspace.get_run(run.run_id)
+        stored.tasks[0].higher_is_better = {"toxic": False}
+        workspace.save_run(stored)
+    rep = evaluate_policy(workspace, cand.run_id, _policy(
+        f"  - {{kind: no_regression, task: tox, max_drop: 0.02, baseline: {base.run_id}}}\n"))  # type: ignore[arg-type]
+    v = rep.verdicts[0]
+    assert v.diff is not None and v.diff > 0.05  # more toxic
+    assert v.details["drop"] == pytest.approx(v.diff) and v.status == "fail"
+    _, va = workspace.scores(base.run_id, "tox", "toxic")
+    _, vb = workspace.scores(cand.run_id, "tox", "toxic")
+    assert v.p_value == pytest.approx(mcnemar_exact(va, vb, alternative="greater").p_value)

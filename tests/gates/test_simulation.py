@@ -17,7 +17,7 @@ def _null_gate_runs(reps: int, tasks: int, n: int, seed: int) -> np.ndarray:
 
 
 def test_gate_family_wise_false_alarm_rate_under_the_null() -> None:
-    draws = _null_gate_runs(1000, 4, 300, seed=21)
+    draws = _null_gate_runs(600, 4, 300, seed=21)
     alarms_holm, alarms_raw = [], []
     for rep in draws:
         verdicts = no_regression_family([(BASE[t], CAND[t]) for t in rep], alpha=0.05, correction="holm")
@@ -29,7 +29,7 @@ def test_gate_family_wise_false_alarm_rate_under_the_null() -> None:
 
 
 def test_tolerance_only_lowers_false_alarms_and_real_drops_are_caught() -> None:
-    draws = _null_gate_runs(600, 1, 300, seed=22)
+    draws = _null_gate_runs(400, 1, 300, seed=22)
     strict = [no_regression_family([(BASE[r[0]], CAND[r[0]])], max_drop=0.0)[0].status == "fail" for r in draws]
     tolerant = [no_regression_family([(BASE[r[0]], CAND[r[0]])], max_drop=0.02)[0].status == "fail"
                 for r in draws]
@@ -38,5 +38,5 @@ def test_tolerance_only_lowers_false_alarms_and_real_drops_are_caught() -> None:
     rng = np.random.default_rng(23)
     cells = np.array([0.55, 0.115, 0.035, 0.30])
     caught = [no_regression_family([(BASE[d], CAND[d])], max_drop=0.02)[0].status == "fail"
-              for d in rng.choice(4, size=(300, 300), p=cells)]
+              for d in rng.choice(4, size=(200, 300), p=cells)]
     assert np.mean(caught) > 0.9
