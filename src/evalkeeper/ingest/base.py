@@ -100,6 +100,22 @@ class CltAccumulator:
         self.mean += delta / self.n
         self.m2 += delta * (value - self.mean)
 
+    def add_many(self, values: Any) -> None:
+        """Fold in a batch of (non-NaN) values at once (Chan et al.'s parallel update)."""
+        import numpy as np
+
+        arr = np.asarray(values, dtype=np.float64)
+        nb = int(arr.size)
+        if nb == 0:
+            return
+        mean_b = float(arr.mean())
+        m2_b = float(((arr - mean_b) ** 2).sum())
+        n = self.n + nb
+        delta = mean_b - self.mean
+        self.mean += delta * nb / n
+        self.m2 += m2_b + delta * delta * self.n * nb / n
+        self.n = n
+
     def result(self) -> tuple[float, float | None, float | None, float | None, int]:
         n = self.n
         if n == 0:

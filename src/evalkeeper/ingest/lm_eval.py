@@ -32,6 +32,7 @@ from evalkeeper.ingest.base import (
 )
 
 BATCH_ROWS = 50_000
+FAST_PATH = True  # read samples files with DuckDB's JSON reader when the layout allows (see _lm_eval_fast)
 # Keys of the results JSON that are not environment: everything else is kept under environment["source"].
 _RESULT_KEYS = {"results", "groups", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better",
                 "n-samples", "samples"}
@@ -368,25 +369,64 @@ class SamplesStream:
     def batches(self) -> Iterator[pa.Table]:
         from evalkeeper.store.samples import SAMPLE_SCHEMA
 
+        seen: set[str] = set()
+        delivered = 0
+        if FAST_PATH and len(self.filters) <= 1:
+            from evalkeeper.ingest._lm_eval_fast import FastPathUnavailable, fast_batches
+
+            first = self._first_line()
+            metrics = first.get("metrics") if first else None
+            if first is not None and isinstance(metrics, list) and all(isinstance(m, str) for m in metrics):
+                primary = self.filters[0] if self.filters else str(first.get("filter", "none"))
+                names = [metric_name(m, primary) for m in metrics]
+                try:
+                    for table in fast_batches(self.path, first, metrics, names, primary, self.info.name,
+                                              self.run_id, SAMPLE_SCHEMA, self.acc, seen, BATCH_ROWS):
+                        delivered += table.num_rows
+                        yield table
+                    self._finish(len(seen))
+                    return
+                except FastPathUnavailable:
+                    pass
+                except Exception as e:  # noqa: BLE001 - duckdb.Error and its kin: let the line reader judge
+                    if not _is_duckdb_error(e):
+                        raise
+        yield from self._python_batches(SAMPLE_SCHEMA, seen, skip=delivered)
+
+    def _first_line(self) -> dict[str, Any] | None:
+        try:
+            with open(self.path, "rb") as f:
+                for raw in f:
+                    if raw.strip():
+                        obj = loads_fast(raw)
+                        return obj if isinstance(obj, dict) else None
+        except (OSError, ValueError, RecursionError):
+            return None
+        return None
+
+    def _python_batches(self, schema: pa.Schema, seen: set[str], skip: int = 0) -> Iterator[pa.Table]:
+        """The reference reader; `skip` primary-filter lines were already delivered by the fast path."""
         primary = self.filters[0] if self.filters else None
-        extra: dict[Any, dict[str, float]] = {}
+        extra: dict[str, dict[str, float]] = {}
         if len(self.filters) > 1:
             for _, obj in self._lines():
                 filt = str(obj.get("filter", "none"))
                 if filt != primary:
                     scores, _ = self._scores(obj, filt)
-                    extra.setdefault(obj["doc_id"], {}).update(scores)
+                    extra.setdefault(str(obj["doc_id"]), {}).update(scores)
         cols = _Columns()
-        seen: set[Any] = set()
         for lineno, obj in self._lines():
             filt = str(obj.get("filter", "none"))
             if primary is None:
                 primary = filt
             if filt != primary:
                 continue
-            doc_id = obj["doc_id"]
+            if skip:
+                skip -= 1
+                continue
+            doc_id = str(obj["doc_id"])
             if doc_id in seen:
-                raise ImportFormatError(f"line {lineno}: doc_id {doc_id!r} appears twice for filter '{filt}'",
+                raise ImportFormatError(f"line {lineno}: doc_id {doc_id} appears twice for filter '{filt}'",
                                         path=str(self.path))
             seen.add(doc_id)
             scores, other = self._scores(obj, filt)
@@ -398,13 +438,13 @@ class SamplesStream:
                 acc.add(v)
             _append_row(cols, obj, scores, other)
             if len(cols.sample_id) >= BATCH_ROWS:
-                yield cols.table(SAMPLE_SCHEMA, self.run_id, self.info.name)
+                yield cols.table(schema, self.run_id, self.info.name)
         if extra:  # other filters' scores for docs the primary filter never had: still count them
             for scores in extra.values():
                 for k, v in scores.items():
                     self.acc.setdefault(k, CltAccumulator()).add(v)
         if cols.sample_id:
-            yield cols.table(SAMPLE_SCHEMA, self.run_id, self.info.name)
+            yield cols.table(schema, self.run_id, self.info.name)
         self._finish(len(seen))
 
     def _finish(self, n_docs: int) -> None:
@@ -417,6 +457,10 @@ class SamplesStream:
         for mr in self.by_name.values():
             if mr.method != "clt":
                 mr.n = n_docs if mr.n is None else mr.n
+
+
+def _is_duckdb_error(e: Exception) -> bool:
+    return type(e).__module__.split(".")[0] in ("duckdb", "_duckdb")
 
 
 def _first_args(obj: dict[str, Any]) -> list[list[Any]]:
