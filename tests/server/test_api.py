@@ -198,3 +198,18 @@ def test_slices_and_group_keys_agree_between_index_and_parquet(dash: Dash, task:
         assert (x.n, x.mean, x.ci_low, x.ci_high) == pytest.approx((y.n, y.mean, y.ci_low, y.ci_high))
     run = dash.ws.get_run("run-b-candidate")
     assert fast.group_attributes(run) == slow.group_attributes(run)
+
+
+@pytest.mark.parametrize("limit", [0, 5, 1_000_000])  # 0 and 5: the vectorized scan takes over
+@pytest.mark.parametrize("needle", ["question 1", "ANSWER 11", "<IMG SRC", "f arith", "1", "é", "zzz-none", "arithquestion"])  # last: spans two rows
+def test_index_search_matches_brute_force(dash: Dash, monkeypatch: pytest.MonkeyPatch, needle: str,
+                                          limit: int) -> None:
+    import evalkeeper.server._index as index_module
+
+    monkeypatch.setattr(index_module, "FIND_LOOP_LIMIT", limit)
+    run = dash.ws.get_run("run-b-candidate")
+    idx = index_module.ExplorerIndex().get(run, dash.ws.sample_paths(run.run_id))
+    got = idx.search(needle)
+    texts = idx.table.select(["input", "prediction", "target"]).to_pylist()
+    want = [any(needle.lower() in (row[c] or "").lower() for c in row) for row in texts]
+    assert got.tolist() == want

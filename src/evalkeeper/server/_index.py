@@ -29,6 +29,7 @@ TEXT_COLUMNS = ("input", "target", "prediction")
 SMALL_COLUMNS = ("task", "sample_id", "epoch", "scores", "group", "latency_ms", "tokens_in", "tokens_out")
 TEXT_BUDGET_BYTES = 1 << 30  # texts of all cached runs together; beyond it a run's texts stay in Parquet
 SEARCH_CACHE = 32  # search masks kept per run (one bool per sample each)
+FIND_LOOP_LIMIT = 30_000  # rows hit by bytes.find before a search switches to the vectorized scan
 
 
 def _q(value: str) -> str:
@@ -46,7 +47,6 @@ class RunIndex:
     score: np.ndarray  # the task's primary metric, NaN where missing
     _cache: dict[tuple[str, ...], Any] = field(default_factory=dict)
     _searches: OrderedDict[str, np.ndarray] = field(default_factory=OrderedDict)
-    _keep: list[pa.Array] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -159,48 +159,46 @@ class RunIndex:
     def search(self, needle: str) -> np.ndarray:
         """Rows whose input, prediction or target contains `needle`, ignoring case.
 
-        Each text column is lowered once; its Arrow data buffer is then one contiguous byte string, so a
-        needle is matched with numpy over the whole run at once: positions of its rarest byte, the other
-        bytes checked at those candidates only, and matches that straddle two rows dropped.
+        Each text column is lowered once into one contiguous byte string (plus row offsets). A needle is
+        first looked for with bytes.find (memchr speed), jumping to the next row after each hit; a needle
+        that hits very many rows switches to numpy: positions of its rarest byte, the other bytes checked
+        at those candidates only. Matches straddling two rows are dropped.
         """
         with self._lock:
             if needle in self._searches:  # paging through one search reuses its mask
                 self._searches.move_to_end(needle)
                 return self._searches[needle]
-        key = np.frombuffer(needle.lower().encode("utf-8"), dtype=np.uint8)
+        key = needle.lower().encode("utf-8")
         hit = np.zeros(self.n_rows, dtype=bool)
-        if key.size == 0:
+        if not key:
             hit[:] = True
-        for name in TEXT_COLUMNS if key.size else ():
-            data, offsets, counts = self._cached(("lower", name), lambda n=name: self._lowered(n))
-            anchor = int(np.argmin(counts[key]))
-            cand = np.flatnonzero(data == key[anchor]) - anchor
-            cand = cand[(cand >= 0) & (cand + key.size <= data.size)]
-            for k in range(key.size):
-                if k != anchor and cand.size:
-                    cand = cand[data[cand + k] == key[k]]
-            first = np.searchsorted(offsets, cand, side="right") - 1
-            last = np.searchsorted(offsets, cand + key.size - 1, side="right") - 1
-            hit[first[first == last]] = True
+        for name in TEXT_COLUMNS if key else ():
+            text, offsets, counts = self.lowered(name)
+            if not _find_rows(text, offsets, key, hit):
+                _scan_rows(text, offsets, counts, key, hit)
         with self._lock:
             self._searches[needle] = hit
             while len(self._searches) > SEARCH_CACHE:
                 self._searches.popitem(last=False)
         return hit
 
-    def _lowered(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One text column lowered: (bytes as uint8, row offsets into them, approximate byte histogram)."""
-        col = pc.fill_null(self.table.column(name), "").combine_chunks()
-        ascii_only = bool(pc.all(pc.string_is_ascii(col)).as_py() is not False)
-        low = (pc.ascii_lower(col) if ascii_only else pc.utf8_lower(col)).cast(pa.large_string())
-        bufs = low.buffers()
-        offsets = np.frombuffer(bufs[1], dtype=np.int64)[low.offset:low.offset + len(low) + 1]
-        data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
-        end = int(offsets[-1]) if len(offsets) else 0
-        data = data[:end]
-        self._keep.append(low)  # the numpy views borrow Arrow's buffers
-        sample = data[:: max(1, data.size // 1_000_000)]  # byte frequencies from a strided sample
-        return data, offsets, np.bincount(sample, minlength=256)
+    def lowered(self, name: str) -> tuple[bytes, np.ndarray, np.ndarray]:
+        """One text column lowered: (its bytes, row offsets into them, approximate byte histogram)."""
+        def make() -> tuple[bytes, np.ndarray, np.ndarray]:
+            col = pc.fill_null(self.table.column(name), "").combine_chunks()
+            ascii_only = bool(pc.all(pc.string_is_ascii(col)).as_py() is not False)
+            low = (pc.ascii_lower(col) if ascii_only else pc.utf8_lower(col)).cast(pa.large_string())
+            bufs = low.buffers()
+            offsets = np.frombuffer(bufs[1], dtype=np.int64)[low.offset:low.offset + len(low) + 1].copy()
+            start, end = (int(offsets[0]), int(offsets[-1])) if len(offsets) else (0, 0)
+            text = bufs[2].to_pybytes()[start:end] if bufs[2] is not None else b""
+            offsets -= start
+            raw = np.frombuffer(text, dtype=np.uint8)
+            sample = raw[:: max(1, raw.size // 1_000_000)]  # byte frequencies from a strided sample
+            return text, offsets, np.bincount(sample, minlength=256)
+
+        return self._cached(("lower", name), make)  # type: ignore[no-any-return]
+
 
     def sort_key(self, sort: str, metric: str | None) -> pa.Array | np.ndarray:
         if sort == "score":
@@ -217,6 +215,37 @@ class RunIndex:
             return np.asarray(idx.to_numpy(), dtype=np.int64)
 
         return self._cached(("order", sort, metric or "", "desc" if descending else "asc"), make)  # type: ignore
+
+
+def _find_rows(text: bytes, offsets: np.ndarray, key: bytes, hit: np.ndarray) -> bool:
+    """Mark rows containing `key` using bytes.find; False (work abandoned) after FIND_LOOP_LIMIT hits."""
+    pos, n = text.find(key), 0
+    while pos != -1:
+        row = int(np.searchsorted(offsets, pos, side="right")) - 1
+        if pos + len(key) <= offsets[row + 1]:  # not straddling into the next row
+            hit[row] = True
+            n += 1
+            if n > FIND_LOOP_LIMIT:
+                return False
+            pos = text.find(key, int(offsets[row + 1]))
+        else:
+            pos = text.find(key, pos + 1)
+    return True
+
+
+def _scan_rows(text: bytes, offsets: np.ndarray, counts: np.ndarray, key_bytes: bytes, hit: np.ndarray) -> None:
+    """Vectorized match for needles that hit many rows: anchor on the rarest byte, verify the others."""
+    data = np.frombuffer(text, dtype=np.uint8)
+    key = np.frombuffer(key_bytes, dtype=np.uint8)
+    anchor = int(np.argmin(counts[key]))
+    cand = np.flatnonzero(data == key[anchor]) - anchor
+    cand = cand[(cand >= 0) & (cand + key.size <= data.size)]
+    for k in range(key.size):
+        if k != anchor and cand.size:
+            cand = cand[data[cand + k] == key[k]]
+    first = np.searchsorted(offsets, cand, side="right") - 1
+    last = np.searchsorted(offsets, cand + key.size - 1, side="right") - 1
+    hit[first[first == last]] = True
 
 
 def _read_part(path: Path, with_text: bool) -> pa.Table:
@@ -291,6 +320,9 @@ class ExplorerIndex:
         index = RunIndex(table=table, parts=list(parts), part_starts=starts, has_text=with_text,
                          score=np.empty(0))
         index.score = _primary_score(run, table, index.metric)
+        if with_text:  # lower the texts now, so the first search does not pay for it
+            for name in TEXT_COLUMNS:
+                index.lowered(name)
         return index
 
     # ---- queries ----------------------------------------------------------------------------------

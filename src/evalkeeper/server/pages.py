@@ -83,14 +83,14 @@ def runs_page(
     tag: str | None = None,
     model: str | None = None,
 ) -> HTMLResponse:
-    runs = svc.list_runs(search=search, tag=tag or None, model=model or None)
+    every = svc.all_runs()
     return render(
         request,
         "runs.html",
-        runs=runs,
-        all_runs=svc.list_runs(),
-        tags=svc.tags(),
-        models=svc.models(),
+        runs=svc.filter_runs(every, search=search, tag=tag or None, model=model or None),
+        all_runs=every,
+        tags=sorted({t for r in every for t in r.tags}),
+        models=sorted({r.model for r in every}),
         f={"search": search or "", "tag": tag or "", "model": model or ""},
     )
 
@@ -108,7 +108,7 @@ def run_page(request: Request, run_ref: str, svc: Service) -> HTMLResponse:
                 slice_charts.append((task, attr, slice_chart(svc.slices(run_id, task, attr))))
             except EvalkeeperError:
                 continue
-    others = [r for r in svc.list_runs() if r.run_id != run_id]
+    others = [r for r in svc.all_runs() if r.run_id != run_id]
     return render(
         request,
         "run.html",
@@ -155,7 +155,7 @@ def sample_page(
 def compare_page(
     request: Request, svc: Service, a: str | None = None, b: str | None = None, correction: str = "holm"
 ) -> HTMLResponse:
-    runs = svc.list_runs()
+    runs = svc.all_runs()
     result = chart = None
     if a and b:
         result = svc.compare(a, b, correction=correction)

@@ -29,6 +29,7 @@ class RunSummary(BaseModel):
     created_at: dt.datetime
     status: str
     tags: list[str] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
     tasks: list[str] = Field(default_factory=list)
     n_samples: int = 0
     producer: str = ""

@@ -88,40 +88,34 @@ class DashboardService:
             n_samples=run.n_samples,
             producer=run.provenance.producer,
             headline=headline,
+            labels=dict(run.labels),
         )
 
-    def list_runs(
-        self, search: str | None = None, tag: str | None = None, model: str | None = None
-    ) -> list[RunSummary]:
+    def list_runs(self, search: str | None = None, tag: str | None = None,
+                  model: str | None = None) -> list[RunSummary]:
         """Runs newest first; `search` matches id, model, task names, tags and labels (case-insensitive)."""
-        runs: list[Run] = self.ws.list_runs(tag=tag or None)
-        needle = (search or "").strip().lower()
-        out = []
-        for run in runs:
-            if model and run.model.name != model:
-                continue
-            if needle:
-                hay = " ".join(
-                    [
-                        run.run_id,
-                        run.model.name,
-                        run.model.backend,
-                        *run.tags,
-                        *(t.name for t in run.tasks),
-                        *run.labels.values(),
-                    ]
-                ).lower()
-                if needle not in hay:
-                    continue
-            out.append(self.summary(run))
+        return self.filter_runs(self.all_runs(), search=search, tag=tag, model=model)
+
+    def all_runs(self) -> list[RunSummary]:
+        runs: list[Run] = self.ws.list_runs()
+        out = [self.summary(run) for run in runs]
         out.sort(key=lambda s: s.created_at, reverse=True)
         return out
 
-    def models(self) -> list[str]:
-        return sorted({r.model.name for r in self.ws.list_runs()})
-
-    def tags(self) -> list[str]:
-        return sorted({t for r in self.ws.list_runs() for t in r.tags})
+    @staticmethod
+    def filter_runs(runs: list[RunSummary], search: str | None = None, tag: str | None = None,
+                    model: str | None = None) -> list[RunSummary]:
+        needle = (search or "").strip().lower()
+        out = []
+        for r in runs:
+            if (tag and tag not in r.tags) or (model and r.model != model):
+                continue
+            if needle:
+                hay = " ".join([r.run_id, r.model, r.backend, *r.tags, *r.tasks, *r.labels.values()]).lower()
+                if needle not in hay:
+                    continue
+            out.append(r)
+        return out
 
     def run_detail(self, ref: str) -> RunDetail:
         run = self.get_run(ref)
