@@ -160,3 +160,21 @@ def test_report_and_bundle_files_are_found_in_run_dir(workspace: Workspace, run_
     assert "verdicts" not in results["gate"]
     assert "environment" not in results and "published" not in json.dumps(results)
     assert ctx.samples_table(limit=7).num_rows == 7
+
+
+def test_dry_run_validates_and_sends_nothing(workspace: Workspace, run_with_gate: Run, tmp_path: Path,
+                                            receiver: tuple[str, Any, dict[str, Any]]) -> None:
+    base, rec, _ = receiver
+    tb = tmp_path / "tb"
+    code, out, err = run_cli("publish", run_with_gate.run_id, "--to", f"tensorboard:{tb}", "--to",
+                             f"webhook:{base}/hook", "-o", "webhook.allow_private=true", "--dry-run", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["dry_run"] and [s["sink"] for s in result["sinks"]] == ["tensorboard", "webhook"]
+    assert all(s["attempts"] == 0 for s in result["sinks"]) and result["sinks"][1]["target"] == f"{base}/***"
+    assert result["payload"]["metrics"] == 2 and result["payload"]["gate"] == "fail"
+    assert result["payload"]["reports"][0].endswith("report.md")
+    assert not tb.exists() and rec.requests == []
+    assert workspace.get_run(run_with_gate.run_id).provenance.published == []
+    code, out, err = run_cli("publish", run_with_gate.run_id, "--to", "tensorboard", "--dry-run")
+    assert code == 2 and "log_dir" in err  # a dry run still validates options

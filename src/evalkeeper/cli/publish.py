@@ -24,6 +24,7 @@ def publish(
     link: str = typer.Option(None, "--link", envvar="EVALKEEPER_LINK", help="URL of the run shown in messages."),
     retries: int = typer.Option(3, "--retries", min=0, help="Retries per sink on transient failures."),
     backoff: float = typer.Option(1.0, "--backoff", min=0.0, help="First retry delay in seconds (doubles)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate destinations and show what would be sent."),
     as_json: bool = JsonOpt,
     home: str = HomeOpt,
 ) -> None:
@@ -39,21 +40,28 @@ def publish(
             raise ConfigError("file not found", path=str(p))
     ws = workspace(home)
     result = publish_run(ws, run, dests, retries=retries, backoff=backoff, link=link,
-                         reports=list(report or []), bundles=list(bundle or []))
+                         reports=list(report or []), bundles=list(bundle or []), dry_run=dry_run)
     if as_json:
         print_json(result.to_dict())
     else:
         from rich.markup import escape
         from rich.table import Table
 
-        table = Table(title=f"publish {result.run_id}")
+        title = f"publish {result.run_id}" + (" (dry run: nothing sent)" if result.dry_run else "")
+        table = Table(title=title)
         for col in ("sink", "target", "status", "attempts", "published / error"):
             table.add_column(col, overflow="fold")
         for o in result.outcomes:
-            status = "[green]ok[/]" if o.ok else "[red]FAILED[/]"
+            status = "would publish" if result.dry_run else "[green]ok[/]" if o.ok else "[red]FAILED[/]"
             what = (o.result.url or "") if o.ok and o.result else (o.error or "")
             table.add_row(escape(o.sink), escape(o.target), status, str(o.attempts), escape(what))
-        console().print(table)
+        c = console()
+        c.print(table)
+        if result.dry_run:
+            p = result.payload
+            c.print(f"{p['metrics']} metrics, {len(p['sample_files'])} sample file(s), gate {p['gate'] or 'none'}; "
+                    f"reports: {', '.join(p['reports']) or 'none'}; bundles: {', '.join(p['bundles']) or 'none'}",
+                    highlight=False, markup=False)
     if not result.ok:
         # SystemExit, not typer.Exit: main() runs click in non-standalone mode, which turns Exit into a return
         raise SystemExit(1)

@@ -55,13 +55,16 @@ class SinkOutcome:
 class PublishReport:
     run_id: str
     outcomes: list[SinkOutcome] = field(default_factory=list)
+    dry_run: bool = False
+    payload: dict[str, Any] = field(default_factory=dict)  # what is sent: file names, counts
 
     @property
     def ok(self) -> bool:
         return all(o.ok for o in self.outcomes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "ok": self.ok, "sinks": [o.to_dict() for o in self.outcomes]}
+        return {"run_id": self.run_id, "ok": self.ok, "dry_run": self.dry_run, "payload": self.payload,
+                "sinks": [o.to_dict() for o in self.outcomes]}
 
 
 def _status_code(exc: BaseException) -> int | None:
@@ -168,11 +171,12 @@ def _publish_one(sink: Any, ctx: PublishContext, retries: int, backoff: float,
 def publish_run(ws: Workspace, run_ref: str, destinations: list[Destination], *, retries: int = 3,
                 backoff: float = 1.0, link: str | None = None, reports: list[Path] | None = None,
                 bundles: list[Path] | None = None, sinks: dict[str, SinkInfo] | None = None,
-                sleep: Callable[[float], None] = time.sleep) -> PublishReport:
+                sleep: Callable[[float], None] = time.sleep, dry_run: bool = False) -> PublishReport:
     """Publish `run_ref` to every destination; returns per-sink outcomes (never raises for a sink failure).
 
     Bad destinations (unknown sink, invalid options) raise ConfigError before anything is sent.
-    Successful publications are appended to `run.provenance.published` and saved.
+    Successful publications are appended to `run.provenance.published` and saved. `dry_run` stops
+    after validation and gathering (nothing is sent or recorded): a cheap check of a CI config.
     """
     if not destinations:
         raise ConfigError("nothing to publish to", hint="give --to NAME[:ARG] or --config evalkeeper.yaml")
@@ -181,7 +185,15 @@ def publish_run(ws: Workspace, run_ref: str, destinations: list[Destination], *,
     for sink in built:
         register_secrets(sink.secrets() if hasattr(sink, "secrets") else [])
     ctx = build_context(ws, run_ref, reports=reports, bundles=bundles, link=link)
-    report = PublishReport(run_id=ctx.run_id)
+    report = PublishReport(run_id=ctx.run_id, dry_run=dry_run, payload={
+        "metrics": len(ctx.metrics), "sample_files": [p.name for p in ctx.sample_files],
+        "reports": [str(p) for p in ctx.report_files], "bundles": [str(p) for p in ctx.bundle_files],
+        "gate": ctx.gate.verdict if ctx.gate else None})
+    if dry_run:
+        report.outcomes = [SinkOutcome(getattr(s, "name", type(s).__name__),
+                                       redact(s.target()) if hasattr(s, "target") else "", True, 0, 0.0)
+                           for s in built]
+        return report
     with tempfile.TemporaryDirectory(prefix="evalkeeper-publish-") as staging, redaction_active():
         ctx.staging_dir = Path(staging)
         for sink in built:
