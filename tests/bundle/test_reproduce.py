@@ -121,6 +121,8 @@ def test_native_run_is_really_rerun_through_the_runner(workspace: Workspace, tmp
     original = run_evaluation(workspace, FakeBackend(), tasks=["general_knowledge", str(task_file)],
                               options=RunOptions(progress=False, limit=40)).run
     bundle = create_bundle(workspace, original.run_id, tmp_path / "n.ekb").path
+    # The task file is edited afterwards: reproduce must use the spec recorded in the bundle.
+    task_file.write_text(task_file.read_text().replace("prompt: '{{ question }}'", "prompt: 'Q: {{ question }}'"))
     fresh = open_workspace(tmp_path / "fresh")
     same = FakeBackend()
     rep = reproduce_bundle(bundle, fresh, model=same)
@@ -131,6 +133,7 @@ def test_native_run_is_really_rerun_through_the_runner(workspace: Workspace, tmp
     assert rep.spec_differences == []  # same dataset/prompt fingerprints, seeds and model
     new = fresh.get_run(rep.new_run_id)
     assert new.labels["reproduces"] == original.run_id and "reproduction" in new.tags
+    assert new.task("picks").config["source"] == str(task_file.resolve())
 
     always_a = FakeBackend(responder=lambda req: 0)
     worse = reproduce_bundle(bundle, open_workspace(tmp_path / "fresh2"), model=always_a)

@@ -211,20 +211,33 @@ def model_ref_for(run: Run) -> tuple[str, dict[str, Any]]:
     )
 
 
-def _task_file_for(info: TaskInfo, tmp: Path) -> Path | str:
-    """The recorded task spec as a task file the runner can load (bundled tasks by name)."""
+def _absolutize(value: Any, base: Path) -> Any:
+    """A relative path that exists under the original task folder, made absolute; anything else as is."""
+    if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
+        candidate = base / value
+        if candidate.exists():
+            return str(candidate)
+    return value
+
+
+def _task_file_for(info: TaskInfo, tmp: Path) -> Path:
+    """The *recorded* task spec as a task file the runner can load, never today's version of the task:
+    relative dataset paths (and generator files) are resolved against the original task's folder."""
+    from evalkeeper.runner.tasks import SUITES_DIR
+
     cfg = info.config or {}
     spec, source = cfg.get("spec"), str(cfg.get("source") or "")
-    if spec is None:
+    if not spec:
         raise ConfigError(
             f"task {info.name!r} has no recorded task spec", hint="was it produced by `evalkeeper run`?"
         )
-    if source.startswith("bundled:"):
-        return source.split(":", 1)[1]
+    base = SUITES_DIR if source.startswith("bundled:") else Path(source).parent if source else None
     spec = json.loads(json.dumps(spec))
     ds = spec.get("dataset") or {}
-    if ds.get("path") and not os.path.isabs(os.path.expanduser(ds["path"])) and source:
-        ds["path"] = str(Path(source).parent / ds["path"])  # relative to the original task file
+    if base is not None:
+        for key in ("path", "hf_path"):
+            ds[key] = _absolutize(ds.get(key), base)
+        ds["params"] = {k: _absolutize(v, base) for k, v in (ds.get("params") or {}).items()}
     import yaml
 
     path = tmp / f"{info.name}.yaml"
@@ -270,7 +283,18 @@ def rerun_native(
             if wanted:
                 task.docs = [d for d in task.docs if d.sample_id in wanted]
             loaded.append(task)
-        return evaluate(ws, backend, loaded, opts).run
+        run = evaluate(ws, backend, loaded, opts).run
+    # Record where the specs came from (the temp files are gone): the original task sources.
+    sources = {t.name: (t.config or {}).get("source") for t in original.tasks}
+    tasks = [
+        t.model_copy(
+            update={"config": {**t.config, "source": sources.get(t.name), "reproduces": original.run_id}}
+        )
+        for t in run.tasks
+    ]
+    run = run.model_copy(update={"tasks": tasks})
+    ws.save_run(run)
+    return run
 
 
 def reproduce_bundle(

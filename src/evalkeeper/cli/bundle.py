@@ -239,19 +239,10 @@ def register(app: typer.Typer) -> None:
             f"(absolute, metric scale), alpha {rep.alpha}",
             highlight=False,
         )
-        table = Table()
-        for col in (
-            "task",
-            "metric",
-            "original",
-            "new",
-            "shared n",
-            "diff (new-orig)",
-            f"{100 * (1 - 2 * rep.alpha):.0f}% CI",
-            "p (TOST)",
-            "verdict",
-        ):
-            table.add_column(col)
+        table = Table(box=None, pad_edge=False)
+        ci = f"{100 * (1 - 2 * rep.alpha):.0f}% CI"
+        for col in ("task", "metric", "orig", "new", "n", "new-orig", ci, "p", "verdict"):
+            table.add_column(col, no_wrap=True)
         for t in rep.tasks:
             colour = {"equivalent": "green", "different": "red"}.get(t.verdict, "yellow")
             table.add_row(
@@ -260,9 +251,9 @@ def register(app: typer.Typer) -> None:
                 fmt_num(t.original_mean, 3),
                 fmt_num(t.new_mean, 3),
                 str(t.n_shared),
-                fmt_num(t.mean_diff, 4),
-                f"[{fmt_num(t.ci_low, 4)}, {fmt_num(t.ci_high, 4)}]",
-                fmt_num(t.p_value, 4),
+                fmt_num(t.mean_diff, 3),
+                f"[{fmt_num(t.ci_low, 3)}, {fmt_num(t.ci_high, 3)}]",
+                fmt_num(t.p_value, 3),
                 f"[{colour}]{t.verdict}[/]",
             )
         c.print(table)
