@@ -58,9 +58,9 @@ def publish(
         c = console()
         c.print(table)
         if result.dry_run:
-            p = result.payload
-            c.print(f"{p['metrics']} metrics, {len(p['sample_files'])} sample file(s), gate {p['gate'] or 'none'}; "
-                    f"reports: {', '.join(p['reports']) or 'none'}; bundles: {', '.join(p['bundles']) or 'none'}",
+            pl = result.payload
+            c.print(f"{pl['metrics']} metrics, {len(pl['sample_files'])} sample file(s), gate {pl['gate'] or 'none'}; "
+                    f"reports: {', '.join(pl['reports']) or 'none'}; bundles: {', '.join(pl['bundles']) or 'none'}",
                     highlight=False, markup=False)
     if not result.ok:
         # SystemExit, not typer.Exit: main() runs click in non-standalone mode, which turns Exit into a return
