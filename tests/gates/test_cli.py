@@ -83,10 +83,15 @@ def test_gate_exit_codes_and_outputs(workspace: Workspace, runs: dict[str, str],
     assert code == 1 and json.loads(out)["passed"] is False
 
 
-def test_gate_bad_input_exits_2(workspace: Workspace, runs: dict[str, str], tmp_path: Path) -> None:
+def test_gate_bad_input_exits_2(workspace: Workspace, runs: dict[str, str], tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     # no baseline named prod yet
     code, _, err = run_cli("gate", runs["bad"], "--policy", runs["policy"])
     assert code == 2 and "'prod' is neither a baseline name nor a run" in err
+    assert "could not be evaluated (exit 2)" in summary.read_text()
+    assert workspace.list_decisions(kind="gate")[-1].verdict == "error"
     code, _, err = run_cli("gate", runs["bad"], "--policy", runs["policy"], "--baseline", "run-ghost")
     assert code == 2
     bad = tmp_path / "bad.yaml"

@@ -126,6 +126,7 @@ def gate(
     Appends a Decision (kind gate, with the policy's sha256) to the audit log, and the Markdown summary
     to $GITHUB_STEP_SUMMARY when that is set.
     """
+    from evalkeeper.core.errors import EvalkeeperError
     from evalkeeper.gates import (
         load_policy,
         render_console,
@@ -137,9 +138,13 @@ def gate(
     )
     from evalkeeper.gates.output import write_text
 
-    pol = load_policy(policy)
-    ws = workspace(home)
-    report = run_gate(ws, run, pol, baseline=baseline)
+    try:
+        pol = load_policy(policy)
+        ws = workspace(home)
+        report = run_gate(ws, run, pol, baseline=baseline)
+    except EvalkeeperError as exc:
+        _summary_error(str(policy), exc.render())
+        raise
     if junit:
         write_text(junit, to_junit_xml(report))
     if markdown:
@@ -154,6 +159,16 @@ def gate(
         render_console(report, _wide_console())
     # SystemExit rather than typer.Exit: in non-standalone mode click turns Exit into a return value
     raise SystemExit(report.exit_code)
+
+
+def _summary_error(policy: str, message: str) -> None:
+    """In GitHub Actions, a gate that could not be evaluated says why on the summary page too."""
+    import os
+
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if target:
+        with open(target, "a", encoding="utf-8") as f:
+            f.write(f"## Gate `{policy}`: ⛔ could not be evaluated (exit 2)\n\n```\n{message}\n```\n\n")
 
 
 def power(
