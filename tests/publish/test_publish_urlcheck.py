@@ -59,3 +59,18 @@ def test_every_resolved_address_is_checked(monkeypatch: pytest.MonkeyPatch) -> N
     assert check_outbound_url("https://public.example/hook") == [ipaddress.ip_address("93.184.216.34")]
     with pytest.raises(OutboundURLRefused, match="10.0.0.7"):
         check_outbound_url("https://mixed.example/hook")
+
+
+def test_connection_uses_a_vetted_address_resolved_at_connect_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DNS rebinding: the name is public when checked, loopback when connecting -> refused at connect time."""
+    answers = [["93.184.216.34"], ["127.0.0.1"]]
+    seen: list[str] = []
+
+    def rebinding(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        seen.append(host)
+        return [ipaddress.ip_address(a) for a in (answers.pop(0) if answers else ["127.0.0.1"])]
+
+    monkeypatch.setattr(urlcheck, "_resolve", rebinding)
+    with pytest.raises(OutboundURLRefused, match="loopback"):
+        urlcheck.post_json_safely("http://rebind.example:8/hook", {"text": "x"}, timeout=2)
+    assert seen == ["rebind.example", "rebind.example"]  # checked, then resolved again by the connection itself
