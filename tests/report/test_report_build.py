@@ -245,3 +245,13 @@ def test_headline_metric_falls_back_when_declared_one_is_missing(workspace: Work
     assert [(m.metric, m.primary) for m in data.metrics] == [("mc2", True)]
     assert any(b.startswith("truthfulqa: mc2 = 0.410 [0.351, 0.469]") for b in data.summary.bullets)
     assert data.environment is None
+
+
+def test_worst_samples_leave_out_best_scores(workspace: Workspace) -> None:
+    rid = "run-two-wrong"
+    samples = [Sample(run_id=rid, task="t", sample_id=f"s{i}", scores={"acc": 0.0 if i in (3, 7) else 1.0})
+               for i in range(10)]
+    run = Run(run_id=rid, model=ModelInfo(name="m"), provenance=Provenance(producer="evalkeeper"),
+              tasks=[TaskInfo(name="t", metrics=["acc"])])
+    workspace.add_run(run, [], [samples])
+    assert [w.sample_id for w in build_report(workspace, rid).worst_samples] == ["s3", "s7"]

@@ -106,7 +106,8 @@ def _bad(score: float, lower_is_better: bool) -> float:
 
 
 def worst_samples(ws: Workspace, run: Run, lower_is_better: set[str], per_task: int = 5) -> list[WorstSample]:
-    """The lowest-scoring samples of each task (highest where lower is better), ties broken by id.
+    """The lowest-scoring samples of each task (highest where lower is better), ties broken by id; samples
+    with the task's best score are left out (a task with two wrong answers shows two rows).
 
     Two steps, so only the chosen rows' text columns are read: pick keys on numbers, then fetch text.
     """
@@ -116,10 +117,16 @@ def worst_samples(ws: Workspace, run: Run, lower_is_better: set[str], per_task: 
         whens = " ".join(f"WHEN {_q(t)} THEN -score" for t in sorted(lower_is_better))
         badness = f"CASE task {whens} ELSE score END"
     keys_sql = f"""
-        SELECT task, unnest(min_by({{'sample_id': sample_id, 'epoch': epoch}},
-                                   {{'b': {badness}, 'id': sample_id, 'e': epoch}}, {int(per_task)})) AS k
+        SELECT task, min({badness}) AS worst, max({badness}) AS best,
+               min_by({{'sample_id': sample_id, 'epoch': epoch, 'b': {badness}}},
+                      {{'b': {badness}, 'id': sample_id, 'e': epoch}}, {int(per_task)}) AS ks
         FROM {rel} AS s WHERE score IS NOT NULL AND isfinite(score) GROUP BY task"""
-    keys = [(r["task"], r["k"]["sample_id"], r["k"]["epoch"]) for r in ws.sql(keys_sql).to_pylist()]
+    keys = []
+    for r in ws.sql(keys_sql).to_pylist():
+        for k in r["ks"]:
+            # a sample with the task's best score is not a "worst" one, unless every sample scores the same
+            if k["b"] < r["best"] or r["worst"] == r["best"]:
+                keys.append((r["task"], k["sample_id"], k["epoch"]))
     if not keys:
         return []
     cond = " OR ".join("(task = ? AND sample_id = ? AND epoch = ?)" for _ in keys)
