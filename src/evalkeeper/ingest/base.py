@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import pyarrow as pa
 
@@ -36,7 +36,7 @@ __all__ = [
 Z95 = 1.959964  # two-sided 95% normal quantile
 CLT_METHOD = "clt"
 
-Batch = pa.Table | list[Sample]
+Batch: TypeAlias = "pa.Table | list[Sample]"
 
 
 @dataclass
@@ -209,6 +209,11 @@ except ImportError:  # pragma: no cover - orjson is a dependency, but stay usabl
 
     def dumps_fast(obj: Any) -> str:
         return json.dumps(obj, default=str, ensure_ascii=False, separators=(",", ":"))
+
+
+def as_object(value: Any) -> dict[str, Any]:
+    """`value` if it is a JSON object, else an empty one (for optional sections of a source file)."""
+    return value if isinstance(value, dict) else {}
 
 
 def as_float(value: Any) -> float | None:

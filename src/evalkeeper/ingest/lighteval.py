@@ -21,7 +21,7 @@ from evalkeeper.core.errors import ImportFormatError
 from evalkeeper.core.ids import fingerprint, new_run_id, sha256_files
 from evalkeeper.core.records import MetricResult, ModelInfo, Provenance, Run, Sample, TaskInfo
 from evalkeeper.ingest._lighteval_details import DETAIL_COLUMNS, read_details
-from evalkeeper.ingest.base import ImportedRun, apply_clt, as_float, fill_source_ci, read_json_file
+from evalkeeper.ingest.base import ImportedRun, apply_clt, as_float, as_object, fill_source_ci, read_json_file
 
 _DATE_RE = re.compile(r"^results_(?P<date>.+)\.json$")
 _PROMPT_KEYS = ("prompt_function", "hf_subset", "evaluation_splits", "few_shots_split", "few_shots_select",
@@ -181,10 +181,10 @@ def _metrics_of(key: str, entry: Any, file: Path) -> dict[str, tuple[float, floa
 
 
 def _model_info(general: dict[str, Any]) -> ModelInfo:
-    cfg = general.get("model_config") if isinstance(general.get("model_config"), dict) else {}
+    cfg = as_object(general.get("model_config"))
     gen = general.get("generation_parameters")
     if not isinstance(gen, dict):
-        gen = cfg.get("generation_parameters") if isinstance(cfg.get("generation_parameters"), dict) else {}
+        gen = as_object(cfg.get("generation_parameters"))
     generation = {k: v for k, v in gen.items() if v is not None}
     name = general.get("model_name") or cfg.get("model_name") or "unknown"
     # lighteval does not record which backend ran (dummy, transformers, vllm, endpoint ...) in its results
@@ -220,9 +220,9 @@ def _build(results_file: Path, data: dict[str, Any]) -> ImportedRun:
     f = results_file
     results = data["results"]
     general = data["config_general"]
-    versions = data.get("versions") if isinstance(data.get("versions"), dict) else {}
-    config_tasks = data.get("config_tasks") if isinstance(data.get("config_tasks"), dict) else {}
-    summary_tasks = data.get("summary_tasks") if isinstance(data.get("summary_tasks"), dict) else {}
+    versions = as_object(data.get("versions"))
+    config_tasks = as_object(data.get("config_tasks"))
+    summary_tasks = as_object(data.get("summary_tasks"))
     if not results:
         raise ImportFormatError("'results' is empty: the run has no scores", path=str(f))
     run_id = new_run_id()
@@ -243,10 +243,10 @@ def _build(results_file: Path, data: dict[str, Any]) -> ImportedRun:
             continue
         suite, task, fewshot = split_task_key(key)
         cfg = _task_config(config_tasks, key, suite, task)
-        summary = summary_tasks.get(key) if isinstance(summary_tasks.get(key), dict) else {}
+        summary = as_object(summary_tasks.get(key))
         n = _sample_count(summary, cfg)
         prompt = {k: cfg[k] for k in _PROMPT_KEYS if k in cfg}
-        hashes = summary.get("hashes") if isinstance(summary.get("hashes"), dict) else {}
+        hashes = as_object(summary.get("hashes"))
         version = versions.get(key, versions.get(task))
         info = TaskInfo(name=key, version=None if version is None else str(version),
                         dataset_fingerprint=hashes.get("hash_examples") or None,

@@ -25,6 +25,7 @@ from evalkeeper.ingest.base import (
     ImportedRun,
     apply_clt,
     as_float,
+    as_object,
     dumps_fast,
     fill_source_ci,
     loads_fast,
@@ -156,7 +157,7 @@ def _parse_task_metrics(task: str, entry: Any, file: Path) -> dict[tuple[str, st
 
 
 def _model_info(data: dict[str, Any]) -> ModelInfo:
-    config = data.get("config") if isinstance(data.get("config"), dict) else {}
+    config = as_object(data.get("config"))
     args = config.get("model_args")
     args_map: dict[str, str] = {}
     if isinstance(args, str):
@@ -233,7 +234,7 @@ def _build(results_file: Path, data: dict[str, Any]) -> ImportedRun:
     for name, entry in results.items():
         parsed = _parse_task_metrics(name, entry, f)
         is_group = name in group_names
-        task_hib = hib.get(name) if isinstance(hib.get(name), dict) else {}
+        task_hib = as_object(hib.get(name))
         by_name: dict[str, MetricResult] = {}
         filters: list[str] = []
         for (metric, filt), (value, stderr) in parsed.items():
@@ -253,8 +254,8 @@ def _build(results_file: Path, data: dict[str, Any]) -> ImportedRun:
                 mr.n = size if isinstance(size, int) and not isinstance(size, bool) else None
                 fill_source_ci(mr)
             continue
-        cfg = configs.get(name) if isinstance(configs.get(name), dict) else {}
-        counts = n_samples.get(name) if isinstance(n_samples.get(name), dict) else {}
+        cfg = as_object(configs.get(name))
+        counts = as_object(n_samples.get(name))
         n = counts.get("effective")
         for mr in by_name.values():
             mr.n = n if isinstance(n, int) else None
