@@ -153,3 +153,12 @@ def test_corrupted_real_outputs_only_raise_import_format_error(
             _consume(path)
         except ImportFormatError as e:
             assert e.path
+
+
+@pytest.mark.parametrize("path", sorted(p for p in (FIX / "inspect").glob("*") if p.is_file()),
+                         ids=lambda p: p.name)
+def test_inspect_logs_are_not_claimed_by_lighteval_or_lm_eval(path: Path) -> None:
+    assert not LightevalImporter().detect(path)
+    assert not LmEvalImporter().detect(path)
+    if "inspect_ai" in importer_names():
+        assert detect_importer(path).name == "inspect_ai"
