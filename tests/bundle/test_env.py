@@ -149,3 +149,44 @@ def test_summary_and_diff_name_relevant_changes() -> None:
     assert any(d.startswith("env OMP_NUM_THREADS") for d in diffs)
     assert diff_environments(a, a) == []
     assert summarize_environment(a)["python"] == a["python"]["version"]
+
+
+def test_torch_build_read_without_importing_torch() -> None:
+    import importlib.metadata as md
+
+    try:
+        expected = md.version("torch")
+    except md.PackageNotFoundError:
+        pytest.skip("torch not installed")
+    if "torch" in sys.modules:
+        pytest.skip("torch already imported in this process")
+    info = E._torch_build_info()
+    assert info is not None and info["version"] == expected
+    assert "torch" not in sys.modules
+    assert ("+cpu" in expected) == (info["cuda"] is None)
+
+
+def test_podman_containerenv_and_explicit_digest(monkeypatch: pytest.MonkeyPatch) -> None:
+    files = {
+        "/run/.containerenv": 'engine="podman-4.9"\nname="ek"\nid="abc123"\n'
+                              'image="quay.io/org/eval:1.2"\nimageid="sha256:feedbeef"\n',
+        "/proc/1/cgroup": "0::/\n",
+        "/proc/self/mountinfo": "",
+    }
+    monkeypatch.setattr(E, "_read", lambda path: files.get(path))
+    monkeypatch.setattr(E.os.path, "exists", lambda path: False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("EVALKEEPER_CONTAINER_DIGEST", raising=False)
+    monkeypatch.delenv("EVALKEEPER_CONTAINER_IMAGE", raising=False)
+    c = E._container()
+    assert c == {"in_container": True, "runtime": "podman", "container_id": "abc123",
+                 "image": "quay.io/org/eval:1.2", "image_digest": "sha256:feedbeef"}
+    monkeypatch.setenv("EVALKEEPER_CONTAINER_DIGEST", "sha256:0123")
+    assert E._container()["image_digest"] == "sha256:0123"
+    files.pop("/run/.containerenv")
+    files["/proc/self/mountinfo"] = "1 2 0:1 /docker/containers/" + "ab" * 32 + "/hosts /etc/hosts rw\n"
+    monkeypatch.delenv("EVALKEEPER_CONTAINER_DIGEST")
+    c = E._container()
+    assert c["in_container"] and c["container_id"] == "ab" * 32
+    files["/proc/self/mountinfo"] = ""
+    assert E._container()["in_container"] is False

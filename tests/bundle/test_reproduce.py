@@ -162,3 +162,34 @@ def test_unknown_backend_asks_for_model(workspace: Workspace, tmp_path: Path) ->
     path = create_bundle(workspace, rid, tmp_path / "h.ekb").path
     with pytest.raises(ConfigError, match="--model"):
         reproduce_bundle(path, open_workspace(tmp_path / "fresh"))
+
+
+def test_environment_differences_are_reported(workspace: Workspace, tmp_path: Path) -> None:
+    from evalkeeper.bundle import capture_environment
+
+    now = capture_environment()
+    old = json.loads(json.dumps(now))
+    old["packages"]["torch"] = "2.0.0+cu118"
+    old["gpu"] = {"devices": [{"name": "NVIDIA A100-SXM4-80GB"}], "driver": "535.104.05", "cuda": "12.2"}
+    a = make_run(workspace, tasks=("arith",), n=50, seed=1)
+    workspace.save_run(a.model_copy(update={"environment": old}))
+    b = make_run(workspace, tasks=("arith",), n=50, seed=1)
+    workspace.save_run(b.model_copy(update={"environment": now}))
+    rep = reproduce_bundle(create_bundle(workspace, a.run_id, tmp_path / "a.ekb").path, workspace,
+                           against=b.run_id)
+    diffs = "\n".join(rep.env_differences)
+    assert "gpu: NVIDIA A100-SXM4-80GB -> none" in diffs
+    assert "cuda: 12.2 -> " in diffs and "gpu_driver: 535.104.05 -> None" in diffs
+    assert "package torch: 2.0.0+cu118 -> " in diffs
+
+
+def test_bundle_without_samples_cannot_be_tested(workspace: Workspace, tmp_path: Path) -> None:
+    from evalkeeper.core.errors import EvalkeeperError
+
+    rid = "run-nosamples"
+    run = Run(run_id=rid, model=ModelInfo(name="m", backend="fake"), provenance=Provenance(producer="evalkeeper"),
+              tasks=[TaskInfo(name="t", metrics=["acc"])])
+    workspace.add_run(run, [MetricResult(run_id=rid, task="t", metric="acc", value=1.0)], [])
+    path = create_bundle(workspace, rid, tmp_path / "e.ekb").path
+    with pytest.raises(EvalkeeperError, match="no per-sample scores"):
+        reproduce_bundle(path, workspace, against=rid)

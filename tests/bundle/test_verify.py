@@ -208,3 +208,36 @@ def test_keys_are_not_overwritten_and_private_key_is_0600(tmp_path: Path) -> Non
 def test_tar_members_are_plain_files_with_fixed_metadata(bundle_path: Path) -> None:
     for info, _ in members(bundle_path):
         assert info.type == tarfile.REGTYPE and info.mode == 0o644 and info.uid == 0 and info.uname == ""
+
+
+def test_swapped_run_record_is_caught_even_with_a_rewritten_manifest(bundle_path: Path, tmp_path: Path) -> None:
+    """A forger replaces run.json by another run's record and fixes the unsigned manifest and statement."""
+    import hashlib
+
+    from evalkeeper.core.ids import canonical_json
+
+    ms = {i.name: (i, d) for i, d in members(bundle_path)}
+    run = json.loads(ms[L.RUN][1])
+    run["run_id"] = "run-someone-else"
+    new_run = json.dumps(run).encode()
+    digest = hashlib.sha256(new_run).hexdigest()
+    manifest = json.loads(ms[L.MANIFEST][1])
+    for f in manifest["files"]:
+        if f["path"] == L.RUN:
+            f["sha256"], f["size"] = digest, len(new_run)
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    manifest["manifest_sha256"] = hashlib.sha256(canonical_json(body).encode()).hexdigest()
+    new_manifest = canonical_json(manifest).encode()
+    st = json.loads(ms[L.STATEMENT][1])
+    for s in st["subject"]:
+        if s["name"] == L.RUN:
+            s["digest"]["sha256"] = digest
+        if s["name"] == L.MANIFEST:
+            s["digest"]["sha256"] = hashlib.sha256(new_manifest).hexdigest()
+    out = []
+    for name, (info, data) in ms.items():
+        data = {L.RUN: new_run, L.MANIFEST: new_manifest, L.STATEMENT: canonical_json(st).encode()}.get(name, data)
+        out.append((info, data))
+    rep = verify_bundle(rewrite(bundle_path, tmp_path / "swap.ekb", out))
+    assert rep.exit_code == 1
+    assert [p.member for p in rep.problems] == [L.RUN] and "run ids disagree" in rep.problems[0].message

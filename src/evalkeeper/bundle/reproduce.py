@@ -160,6 +160,11 @@ def compare_runs(
     """Per task of the original run, its primary metric compared on shared samples."""
     if margin <= 0:
         raise ConfigError("the equivalence margin must be positive", hint="e.g. --margin 0.02")
+    if not original_parts:
+        raise EvalkeeperError(
+            f"run {original.run_id} has no per-sample scores in the bundle: equivalence cannot be tested",
+            hint="only runs with per-sample results can be reproduced",
+        )
     q = SampleQuery()
     out = []
     for info in original.tasks:

@@ -88,6 +88,19 @@ def _check_members(scan: Scan, problems: list[Problem]) -> None:
             )
 
 
+def _check_run_ids(scan: Scan, problems: list[Problem]) -> None:
+    """The marker, the manifest and run.json must all speak of the same run (a swapped run.json whose
+    digest was also swapped into an unsigned manifest is still caught here)."""
+    ids: dict[str, Any] = {}
+    for member in (L.MARKER, L.MANIFEST, L.RUN):
+        try:
+            ids[member] = json.loads(scan.meta[member]).get("run_id")
+        except (KeyError, ValueError, AttributeError, UnicodeDecodeError):
+            continue
+    if len(set(map(str, ids.values()))) > 1:
+        problems.append(Problem(L.RUN, f"run ids disagree between members: {ids}"))
+
+
 def _check_manifest(scan: Scan, problems: list[Problem]) -> dict[str, Any] | None:
     raw = scan.meta.get(L.MANIFEST)
     if raw is None:
@@ -171,6 +184,7 @@ def check_scan(
     if not names or names[0] != L.MARKER:
         problems.append(Problem(L.MARKER, "missing or not the first member"))
     _check_members(scan, problems)
+    _check_run_ids(scan, problems)
     manifest = _check_manifest(scan, problems)
     statement = _check_statement(scan, manifest, problems)
     envelope = scan.meta.get(L.ENVELOPE)
