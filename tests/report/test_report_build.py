@@ -255,3 +255,27 @@ def test_worst_samples_leave_out_best_scores(workspace: Workspace) -> None:
               tasks=[TaskInfo(name="t", metrics=["acc"])])
     workspace.add_run(run, [], [samples])
     assert [w.sample_id for w in build_report(workspace, rid).worst_samples] == ["s3", "s7"]
+
+
+def test_report_aggregates_in_duckdb_without_loading_samples(workspace: Workspace,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The performance contract: without --compare no per-sample array or table reaches Python, and the
+    only rows fetched are aggregates and the few worst samples."""
+    run = make_run(workspace, tasks=("arith", "mc"), n=400, seed=1, groups=GROUPS)
+    fetched: list[int] = []
+    real_sql = workspace.sql
+
+    def counting_sql(sql: str, params: list[object] | None = None):  # type: ignore[no-untyped-def]
+        table = real_sql(sql, params)  # type: ignore[arg-type]
+        fetched.append(table.num_rows)
+        return table
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a report must not load samples into Python")
+
+    monkeypatch.setattr(workspace, "sql", counting_sql)
+    monkeypatch.setattr(workspace, "query_samples", refuse)
+    monkeypatch.setattr(workspace, "scores", refuse)
+    data = build_report(workspace, run.run_id)
+    assert len(data.slices) == 2 * 5 and len(data.worst_samples) == 10
+    assert max(fetched) <= 10 and sum(fetched) < 40  # 800 samples stored, a few dozen rows read back
