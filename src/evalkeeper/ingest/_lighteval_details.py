@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+from pydantic import ValidationError
 
 from evalkeeper.core.errors import ImportFormatError
 from evalkeeper.core.ids import stable_sample_id
 from evalkeeper.core.records import Sample
-from evalkeeper.ingest.base import as_float
+from evalkeeper.ingest.base import as_float, validation_message
 
 DETAIL_COLUMNS = {
     "nested": frozenset({"doc", "model_response", "metric"}),
@@ -131,7 +132,10 @@ def read_details(path: Path, run_id: str, task: str) -> list[Sample]:
         if k:
             sid = f"{sid}-{k + 1}"
         fields["metadata"]["row"] = i
-        samples.append(Sample(run_id=run_id, task=task, sample_id=sid, **fields))
+        try:
+            samples.append(Sample(run_id=run_id, task=task, sample_id=sid, **fields))
+        except ValidationError as e:
+            raise ImportFormatError(f"row {i}: {validation_message(e)}", path=str(path)) from None
     return samples
 
 

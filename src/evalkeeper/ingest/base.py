@@ -160,6 +160,19 @@ def fill_source_ci(metric: MetricResult) -> None:
     metric.ci_high = metric.value + Z95 * metric.stderr
 
 
+def validation_message(exc: Exception) -> str:
+    """One line from a pydantic ValidationError: which field had which unexpected value."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            first = errors()[0]
+            loc = ".".join(str(x) for x in first.get("loc", ()))
+            return f"unexpected value for {loc}: {first.get('msg', '')}"
+        except (IndexError, TypeError, AttributeError):
+            pass
+    return f"unexpected value: {str(exc)[:200]}"
+
+
 def read_json_file(path: Path) -> Any:
     """Parse a JSON file (bare NaN/Infinity accepted, as Python writes them); errors name the file."""
     try:

@@ -16,12 +16,21 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+from pydantic import ValidationError
 
 from evalkeeper.core.errors import ImportFormatError
 from evalkeeper.core.ids import fingerprint, new_run_id, sha256_files
 from evalkeeper.core.records import MetricResult, ModelInfo, Provenance, Run, Sample, TaskInfo
 from evalkeeper.ingest._lighteval_details import DETAIL_COLUMNS, read_details
-from evalkeeper.ingest.base import ImportedRun, apply_clt, as_float, as_object, fill_source_ci, read_json_file
+from evalkeeper.ingest.base import (
+    ImportedRun,
+    apply_clt,
+    as_float,
+    as_object,
+    fill_source_ci,
+    read_json_file,
+    validation_message,
+)
 
 _DATE_RE = re.compile(r"^results_(?P<date>.+)\.json$")
 _PROMPT_KEYS = ("prompt_function", "hf_subset", "evaluation_splits", "few_shots_split", "few_shots_select",
@@ -158,7 +167,10 @@ class LightevalImporter:
         if not _is_results_doc(data):
             raise ImportFormatError("not a lighteval results file: expected 'config_general' and 'results'",
                                     path=str(files[0]))
-        return _build(files[0], data)
+        try:
+            return _build(files[0], data)
+        except ValidationError as e:
+            raise ImportFormatError(validation_message(e), path=str(files[0])) from None
 
 
 def _metrics_of(key: str, entry: Any, file: Path) -> dict[str, tuple[float, float | None]]:
@@ -187,10 +199,11 @@ def _model_info(general: dict[str, Any]) -> ModelInfo:
         gen = as_object(cfg.get("generation_parameters"))
     generation = {k: v for k, v in gen.items() if v is not None}
     name = general.get("model_name") or cfg.get("model_name") or "unknown"
+    revision = general.get("model_sha") or cfg.get("revision")
     # lighteval does not record which backend ran (dummy, transformers, vllm, endpoint ...) in its results
     kind = cfg.get("model_type") or general.get("model_type")
     return ModelInfo(name=str(name), backend=f"lighteval:{kind}" if kind else "lighteval",
-                     revision=general.get("model_sha") or cfg.get("revision") or None, generation=generation)
+                     revision=str(revision) if revision else None, generation=generation)
 
 
 def _seconds(value: Any) -> float | None:
@@ -249,7 +262,7 @@ def _build(results_file: Path, data: dict[str, Any]) -> ImportedRun:
         hashes = as_object(summary.get("hashes"))
         version = versions.get(key, versions.get(task))
         info = TaskInfo(name=key, version=None if version is None else str(version),
-                        dataset_fingerprint=hashes.get("hash_examples") or None,
+                        dataset_fingerprint=str(hashes["hash_examples"]) if hashes.get("hash_examples") else None,
                         prompt_fingerprint=fingerprint(prompt) if prompt else None,
                         n_shot=fewshot, metrics=list(by_name), n_samples=n, config=cfg)
         hib = _higher_is_better(cfg)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from pydantic import ValidationError
 
 from evalkeeper.core.errors import ImportFormatError
 from evalkeeper.core.ids import fingerprint, new_run_id, sha256_files
@@ -30,6 +31,7 @@ from evalkeeper.ingest.base import (
     fill_source_ci,
     loads_fast,
     read_json_file,
+    validation_message,
 )
 
 BATCH_ROWS = 50_000
@@ -108,7 +110,10 @@ class LmEvalImporter:
             raise ImportFormatError("not an lm-eval results file: expected a 'results' object with "
                                     "'metric,filter' keys and 'configs'/'versions'/'n-shot'",
                                     path=str(results_file))
-        return _build(results_file, data)
+        try:
+            return _build(results_file, data)
+        except ValidationError as e:
+            raise ImportFormatError(validation_message(e), path=str(results_file)) from None
 
     def _pick_results_file(self, path: Path) -> Path:
         if path.is_file() and path.suffix == ".jsonl":
@@ -439,14 +444,20 @@ class SamplesStream:
                 acc.add(v)
             _append_row(cols, obj, scores, other)
             if len(cols.sample_id) >= BATCH_ROWS:
-                yield cols.table(schema, self.run_id, self.info.name)
+                yield self._table(cols, schema)
         if extra:  # other filters' scores for docs the primary filter never had: still count them
             for scores in extra.values():
                 for k, v in scores.items():
                     self.acc.setdefault(k, CltAccumulator()).add(v)
         if cols.sample_id:
-            yield cols.table(schema, self.run_id, self.info.name)
+            yield self._table(cols, schema)
         self._finish(len(seen))
+
+    def _table(self, cols: _Columns, schema: pa.Schema) -> pa.Table:
+        try:
+            return cols.table(schema, self.run_id, self.info.name)
+        except (pa.ArrowException, TypeError, ValueError) as e:
+            raise ImportFormatError(f"unexpected sample values: {str(e)[:200]}", path=str(self.path)) from None
 
     def _finish(self, n_docs: int) -> None:
         """Now that every score was seen: CLT stderr/CI for mean-type metrics, and the real n."""
