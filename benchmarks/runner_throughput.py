@@ -109,7 +109,13 @@ def main() -> None:
     ap.add_argument("--skip-quickstart", action="store_true")
     args = ap.parse_args()
     bound = args.concurrency / args.delay
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    t0 = time.process_time()
+    total = 0
+    for i in range(5_000_000):
+        total += i
+    calib = time.process_time() - t0
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; a 5M-iteration Python loop "
+          f"took {calib:.2f} CPU-s (an idle modern core: ~0.25 s) -- CPU-time figures below scale with it")
     proc, url = start_server(args.delay)
     try:
         for label, fn in (("openai backend", backend_only), ("full loop", full_loop)):

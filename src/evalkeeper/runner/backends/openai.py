@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
 import os
 import random
 import re
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -92,6 +94,11 @@ class OpenAIBackend(Backend):
         self._api_key = os.environ.get(api_key_env) or None
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
+        # One single-connection client per worker: httpcore's shared pool rescans every connection for
+        # every request (quadratic in --concurrency), which dominated CPU at 64 connections.
+        self._workers: list[httpx.AsyncClient] = []
+        self._ssl: ssl.SSLContext | None = None
+        self._urls: dict[str, httpx.URL] = {}
         self._rng = random.Random()
         self.stats = {"requests": 0, "retries": 0}
         host = httpx.URL(self.base_url).host
@@ -107,18 +114,31 @@ class OpenAIBackend(Backend):
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, "***") if self._api_key else text
 
-    async def start(self) -> None:
-        if self._client is not None:
-            return
+    def _new_client(self, connections: int) -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         # TCP_NODELAY: httpx writes headers and body separately; with Nagle on, the body waits for the
         # server's delayed ACK (~40 ms per request on Linux), which caps throughput far below the server's.
         transport = self._transport or httpx.AsyncHTTPTransport(
-            limits=limits, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url, headers=headers, transport=transport,
-            timeout=httpx.Timeout(self.timeout, connect=min(10.0, self.timeout)))
+            limits=limits, verify=self._ssl_context(),
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+        return httpx.AsyncClient(base_url=self.base_url, headers=headers, transport=transport,
+                                 timeout=httpx.Timeout(self.timeout, connect=min(10.0, self.timeout)))
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        """One context for all connections: loading the CA bundle costs tens of ms each time."""
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context()
+            if self.base_url.startswith("https://"):
+                import certifi
+
+                self._ssl.load_verify_locations(certifi.where())
+        return self._ssl
+
+    async def start(self) -> None:
+        if self._client is not None:
+            return
+        self._client = self._new_client(1)
         try:  # fail fast and clearly when nothing listens there; any HTTP answer means "up"
             await self._client.get("/models", timeout=min(10.0, self.timeout))
         except httpx.TransportError as exc:
@@ -128,9 +148,11 @@ class OpenAIBackend(Backend):
                                 hint="is the server running? check --base-url") from None
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        for client in [self._client, *self._workers]:
+            if client is not None:
+                await client.aclose()
+        self._client = None
+        self._workers = []
 
     # ------------------------------------------------------------ requests
 
@@ -163,14 +185,16 @@ class OpenAIBackend(Backend):
         cap = min(self.backoff_max, self.backoff_base * (2 ** attempt))
         return cap / 2 + self._rng.uniform(0, cap / 2)  # "equal jitter": never zero, never in lockstep
 
-    async def _post(self, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], float]:
-        assert self._client is not None
+    async def _post(self, client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], float]:
         last = ""
+        url = self._urls.get(path) or self._urls.setdefault(path, httpx.URL(self.base_url + path))
+        content = json.dumps(body, ensure_ascii=False).encode()  # once, not once per attempt
+        headers = {"Content-Type": "application/json"}
         for attempt in range(self.max_retries + 1):
             retry_after = None
             t0 = time.perf_counter()
             try:
-                resp = await self._client.post(path, json=body)
+                resp = await client.post(url, content=content, headers=headers)
             except httpx.TimeoutException:
                 last = f"timed out after {self.timeout:g}s"
             except httpx.TransportError as exc:
@@ -198,10 +222,10 @@ class OpenAIBackend(Backend):
         raise EndpointError(self._redact(f"POST {self.base_url}{path} failed after {self.max_retries + 1} "
                                          f"attempts; last error: {last}"))
 
-    async def _one(self, r: Request) -> Result:
+    async def _one(self, client: httpx.AsyncClient, r: Request) -> Result:
         path, body = self._payload(r)
         self.stats["requests"] += 1
-        data, latency = await self._post(path, body)
+        data, latency = await self._post(client, path, body)
         choice = data["choices"][0]
         text = choice.get("text") if "text" in choice else (choice.get("message") or {}).get("content")
         text = text or ""
@@ -240,15 +264,19 @@ class OpenAIBackend(Backend):
         queue: asyncio.Queue[tuple[int, Result | BaseException]] = asyncio.Queue()
         it = iter(range(len(requests)))
 
-        async def worker() -> None:
+        n_workers = min(self.concurrency, len(requests))
+        while len(self._workers) < n_workers:
+            self._workers.append(self._new_client(1))
+
+        async def worker(client: httpx.AsyncClient) -> None:
             for i in it:
                 try:
-                    queue.put_nowait((i, await self._one(requests[i])))
+                    queue.put_nowait((i, await self._one(client, requests[i])))
                 except Exception as exc:  # noqa: BLE001 - handed to the consumer, which re-raises
                     queue.put_nowait((i, exc))
                     return
 
-        workers = [asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(requests)))]
+        workers = [asyncio.create_task(worker(self._workers[k])) for k in range(n_workers)]
         try:
             for _ in range(len(requests)):
                 i, res = await queue.get()
