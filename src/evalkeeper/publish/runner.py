@@ -138,10 +138,18 @@ def build_context(ws: Workspace, run_ref: str, *, reports: list[Path] | None = N
     )
 
 
+def _target(sink: Any) -> str:
+    """The sink's own secret-free description of its target; a plugin's bug here must not abort publishing."""
+    try:
+        return redact(sink.target()) if hasattr(sink, "target") else ""
+    except Exception as exc:  # noqa: BLE001
+        return redact(f"? ({type(exc).__name__}: {exc})")
+
+
 def _publish_one(sink: Any, ctx: PublishContext, retries: int, backoff: float,
                  sleep: Callable[[float], None]) -> SinkOutcome:
     name = getattr(sink, "name", type(sink).__name__)
-    target = redact(sink.target()) if hasattr(sink, "target") else ""
+    target = _target(sink)
     delays = backoff_delays(retries, backoff)
     start = time.monotonic()
     attempt = 0
@@ -190,8 +198,7 @@ def publish_run(ws: Workspace, run_ref: str, destinations: list[Destination], *,
         "reports": [str(p) for p in ctx.report_files], "bundles": [str(p) for p in ctx.bundle_files],
         "gate": ctx.gate.verdict if ctx.gate else None})
     if dry_run:
-        report.outcomes = [SinkOutcome(getattr(s, "name", type(s).__name__),
-                                       redact(s.target()) if hasattr(s, "target") else "", True, 0, 0.0)
+        report.outcomes = [SinkOutcome(getattr(s, "name", type(s).__name__), _target(s), True, 0, 0.0)
                            for s in built]
         return report
     with tempfile.TemporaryDirectory(prefix="evalkeeper-publish-") as staging, redaction_active():
