@@ -9,6 +9,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from evalkeeper.bundle.extract import Limits, UnsafeBundle, extract_to, safe_extract
 from evalkeeper.bundle.verify import verify_bundle
@@ -155,3 +157,19 @@ def test_clean_bundle_extracts_every_member(bundle_path: Path, tmp_path: Path) -
     got = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
     assert got == sorted(m[0].name for m in members(bundle_path))
     assert (dest / "run.json").read_bytes() == next(d for i, d in members(bundle_path) if i.name == "run.json")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["a", "b", ".", "..", "", "/", "\\", ":", "C:", "x.json", "~", "\x00", "é"]),
+                min_size=1, max_size=6))
+def test_accepted_names_never_leave_the_folder(parts: list[str]) -> None:
+    """Property: whatever `name_problem` accepts resolves inside the extraction folder."""
+    import os
+
+    from evalkeeper.bundle._layout import name_problem
+
+    name = "".join(parts)
+    if name_problem(name) is None:
+        root = "/safe/root"
+        resolved = os.path.normpath(os.path.join(root, *name.split("/")))
+        assert resolved.startswith(root + "/") and "\\" not in name and ":" not in name

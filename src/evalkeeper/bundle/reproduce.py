@@ -316,6 +316,8 @@ def reproduce_bundle(
     """Verify + extract the bundle, re-run it (or take `against`), and compare task by task."""
     if margin <= 0:
         raise ConfigError("the equivalence margin must be positive", hint="e.g. --margin 0.02")
+    if not 0 < alpha < 0.5:
+        raise ConfigError("alpha must be between 0 and 0.5", hint="e.g. --alpha 0.05")
     with safe_extract(path, limits=limits) as ex:
         original = Run.model_validate_json(ex.scan.meta[L.RUN])
         env = json.loads(ex.scan.meta[L.ENVIRONMENT]) if L.ENVIRONMENT in ex.scan.meta else None
