@@ -160,6 +160,10 @@ def test_report_and_bundle_files_are_found_in_run_dir(workspace: Workspace, run_
     assert "verdicts" not in results["gate"]
     assert "environment" not in results and "published" not in json.dumps(results)
     assert ctx.samples_table(limit=7).num_rows == 7
+    # a capped preview is shared fairly; a task with fewer rows leaves its share to the others
+    assert ctx.sample_preview(9).column("task").to_pylist() == ["arith"] * 5 + ["mc"] * 4
+    assert ctx.sample_preview(70).column("task").to_pylist().count("mc") == 35
+    assert ctx.sample_preview(1000).num_rows == 80
 
 
 def test_dry_run_validates_and_sends_nothing(workspace: Workspace, run_with_gate: Run, tmp_path: Path,

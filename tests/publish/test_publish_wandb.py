@@ -54,7 +54,9 @@ def test_offline_run_has_config_summary_table_and_artifacts(workspace: Workspace
     (table_file,) = run_dir.glob("files/media/table/samples_*.table.json")
     table = json.loads(table_file.read_text())
     assert table["columns"] == ["task", "sample_id", "epoch", "input", "target", "prediction", "score"]
-    assert len(table["data"]) == 50 and table["data"][0][1].startswith(("arith-", "mc-"))
+    assert len(table["data"]) == 50
+    assert [row[0] for row in table["data"]] == ["arith"] * 25 + ["mc"] * 25  # the cap is shared by the tasks
+    assert all(row[1].startswith(f"{row[0]}-") for row in table["data"])
     assert {row[6] for row in table["data"]} <= {0.0, 1.0}
 
     # the evaluation artifact holds the results JSON and the report

@@ -96,11 +96,24 @@ class PublishContext:
         target.write_bytes(self.results_json())
         return target
 
-    def samples_table(self, limit: int | None = None) -> pa.Table:
-        """Per-sample rows (DuckDB over the run's Parquet), at most `limit` of them."""
+    def samples_table(self, limit: int | None = None, task: str | None = None) -> pa.Table:
+        """Per-sample rows (DuckDB over the run's Parquet), at most `limit` of them, optionally of one task."""
         if self.workspace is None:
             raise SinkError("no workspace attached to this publish context; samples are unavailable")
-        return self.workspace.query_samples(self.run_id, limit=limit)
+        return self.workspace.query_samples(self.run_id, task=task, limit=limit)
+
+    def sample_preview(self, limit: int) -> pa.Table:
+        """At most `limit` rows shared fairly across tasks (a capped table should show every task)."""
+        tasks: list[str | None] = [t.name for t in self.run.tasks] or [None]
+        if limit <= 0:
+            return self.samples_table(limit=0)
+        tables, left = [], limit
+        for i, task in enumerate(tasks):
+            share = -(-left // (len(tasks) - i))  # ceil: unused share passes to the next tasks
+            t = self.samples_table(limit=share, task=task)
+            tables.append(t)
+            left -= t.num_rows
+        return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 
 def build_results(run: Run, metrics: list[MetricResult], gate: Decision | None) -> dict[str, Any]:

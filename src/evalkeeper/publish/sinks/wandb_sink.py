@@ -49,8 +49,8 @@ def _cell(value: Any) -> Any:
 
 
 def sample_rows(ctx: PublishContext, limit: int) -> list[list[Any]]:
-    """Up to `limit` per-sample rows, spread over tasks in order (DuckDB over the run's Parquet)."""
-    table = ctx.samples_table(limit=limit)
+    """Up to `limit` per-sample rows, shared across tasks (DuckDB over the run's Parquet)."""
+    table = ctx.sample_preview(limit)
     cols = {name: table.column(name).to_pylist() for name in map(str, TABLE_COLUMNS) if name in table.column_names}
     n = table.num_rows
     return [[_cell(cols[c][i]) if c in cols else None for c in TABLE_COLUMNS] for i in range(n)]
