@@ -198,3 +198,17 @@ def test_kill_during_import_leaves_nothing(tmp_path: Path) -> None:
     assert ws.list_runs() == []
     visible = [p for p in (home / "artifacts" / "runs").iterdir() if not p.name.startswith(".")]
     assert visible == []
+
+
+def test_paired_scores_join_matches_numpy(any_workspace: Workspace) -> None:
+    ws = any_workspace
+    a = make_run(ws, tasks=("arith",), n=60, seed=1, run_id="run-pa")
+    b = make_run(ws, tasks=("arith",), n=40, seed=2, run_id="run-pb")  # ids arith-0..39 shared
+    ids, va, vb, na, nb = ws.paired_scores(a.run_id, b.run_id, "arith", "acc")
+    ida, sa = ws.scores(a.run_id, "arith", "acc")
+    idb, sb = ws.scores(b.run_id, "arith", "acc")
+    shared, ia, ib = np.intersect1d(ida.astype(str), idb.astype(str), return_indices=True)
+    assert (na, nb) == (60, 40) and list(ids) == list(shared)
+    assert np.array_equal(va, sa[ia]) and np.array_equal(vb, sb[ib])
+    ids, va, vb, na, nb = ws.paired_scores(a.run_id, b.run_id, "nope", "acc")
+    assert len(ids) == 0 and (na, nb) == (0, 0)

@@ -75,7 +75,7 @@ class SampleQuery:
             clauses.append(f"({check_where(where)})")
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
-    def _run(self, sql: str, params: list[Any], where: str | None) -> pa.Table:
+    def _run(self, sql: str, params: list[Any] | dict[str, Any], where: str | None) -> pa.Table:
         cur = self.cursor()
         try:
             return cur.sql(sql, params=params or None).to_arrow_table()
@@ -114,14 +114,34 @@ class SampleQuery:
         t = self._run(f"SELECT count(*) AS n FROM {rel} AS s{filt}", params, where)
         return int(t.column("n")[0].as_py())
 
+    def _per_sample(self, rel: str) -> str:
+        return (f"SELECT sample_id, avg(scores[$metric]) AS v FROM {rel} AS s "
+                "WHERE task = $task AND scores[$metric] IS NOT NULL GROUP BY sample_id")
+
     def scores(self, run: Run, parts: list[Path], task: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
-        rel = self.relation_sql(run, parts)
-        sql = (f"SELECT sample_id, avg(scores[?]) AS v FROM {rel} AS s WHERE task = ? AND scores[?] IS NOT NULL "
-               "GROUP BY sample_id ORDER BY sample_id")
-        t = self._run(sql, [metric, task, metric], None)
-        ids = np.asarray(t.column("sample_id").to_pylist(), dtype=object)
+        sql = f"{self._per_sample(self.relation_sql(run, parts))} ORDER BY sample_id"
+        t = self._run(sql, {"metric": metric, "task": task}, None)
+        ids = t.column("sample_id").to_numpy(zero_copy_only=False).astype(object)
         vals = t.column("v").to_numpy(zero_copy_only=False).astype(np.float64)
         return ids, vals
+
+    def paired_scores(self, run_a: Run, parts_a: list[Path], run_b: Run, parts_b: list[Path], task: str,
+                      metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+        """Join two runs on sample id inside DuckDB: (shared ids, a's, b's, n_a, n_b), sorted by id."""
+        a = self._per_sample(self.relation_sql(run_a, parts_a))
+        b = self._per_sample(self.relation_sql(run_b, parts_b))
+        params = {"metric": metric, "task": task}
+        sql = (f"WITH a AS ({a}), b AS ({b}), "
+               "n AS (SELECT (SELECT count(*) FROM a) AS na, (SELECT count(*) FROM b) AS nb) "
+               "SELECT a.sample_id, a.v AS va, b.v AS vb, n.na, n.nb FROM a JOIN b USING (sample_id), n "
+               "UNION ALL SELECT NULL, NULL, NULL, n.na, n.nb FROM n ORDER BY 1 NULLS LAST")
+        t = self._run(sql, params, None)
+        n = t.num_rows - 1  # the last row only carries the counts
+        na, nb = int(t.column("na")[n].as_py()), int(t.column("nb")[n].as_py())
+        t = t.slice(0, n)
+        ids = t.column("sample_id").to_numpy(zero_copy_only=False).astype(object)
+        return (ids, t.column("va").to_numpy(zero_copy_only=False).astype(np.float64),
+                t.column("vb").to_numpy(zero_copy_only=False).astype(np.float64), na, nb)
 
     def sql(self, sql: str, params: list[Any] | None = None) -> pa.Table:
         """Run trusted SQL (built by evalkeeper code, not users) and return Arrow."""

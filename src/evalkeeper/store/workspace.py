@@ -174,6 +174,13 @@ class Workspace:
         run, parts = self._run_and_parts(run_id)
         return self._query.scores(run, parts, task, metric)
 
+    def paired_scores(self, run_a: str, run_b: str, task: str,
+                      metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+        """Scores of two runs on their shared sample ids (joined in DuckDB): (ids, a, b, n_a, n_b)."""
+        ra, pa_ = self._run_and_parts(run_a)
+        rb, pb = self._run_and_parts(run_b)
+        return self._query.paired_scores(ra, pa_, rb, pb, task, metric)
+
     def samples_relation_sql(self, run_id: str) -> str:
         """A DuckDB subquery over the run's samples (with `score`), for trusted aggregate SQL."""
         run, parts = self._run_and_parts(run_id)
