@@ -216,6 +216,16 @@ class RunIndex:
 
         return self._cached(("order", sort, metric or "", "desc" if descending else "asc"), make)  # type: ignore
 
+    def rank(self, sort: str, metric: str | None, descending: bool) -> np.ndarray:
+        """Position of every row in `order(...)` (its inverse permutation)."""
+        def make() -> np.ndarray:
+            order = self.order(sort, metric, descending)
+            rank = np.empty(order.size, dtype=np.int64)
+            rank[order] = np.arange(order.size, dtype=np.int64)
+            return rank
+
+        return self._cached(("rank", sort, metric or "", "desc" if descending else "asc"), make)  # type: ignore
+
 
 def _find_rows(text: bytes, offsets: np.ndarray, key: bytes, hit: np.ndarray) -> bool:
     """Mark rows containing `key` using bytes.find; False (work abandoned) after FIND_LOOP_LIMIT hits."""
@@ -353,9 +363,17 @@ class ExplorerIndex:
 
     def page(self, index: RunIndex, mask: np.ndarray | None, sort: str, metric: str | None,
              descending: bool, offset: int, limit: int) -> list[int]:
-        order = index.order(sort, metric, descending)
-        selected = order if mask is None else order[mask[order]]
-        return [int(i) for i in selected[offset:offset + limit]]
+        """Row numbers of one page. With a filter only the matching rows are ranked: O(matches), not O(run)."""
+        if mask is None:
+            return [int(i) for i in index.order(sort, metric, descending)[offset:offset + limit]]
+        cand = np.flatnonzero(mask)
+        end = min(offset + limit, cand.size)
+        if offset >= end:
+            return []
+        ranks = index.rank(sort, metric, descending)[cand]
+        top = np.argpartition(ranks, end - 1)[:end] if end < cand.size else np.arange(cand.size)
+        top = top[np.argsort(ranks[top])]
+        return [int(i) for i in cand[top[offset:end]]]
 
     def rows(self, index: RunIndex, positions: list[int], parquet_columns: str) -> list[dict[str, Any]]:
         """Rows at `positions` (in that order): from memory, or from Parquet by row number."""
