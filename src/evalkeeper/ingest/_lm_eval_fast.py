@@ -9,6 +9,7 @@ not yet delivered, so errors are still reported by line with the file named.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,8 @@ def fast_batches(path: Path, first: dict[str, Any], metrics: list[str], names: l
         v = first.get(m)
         if isinstance(v, (list, dict, str)):
             raise FastPathUnavailable(f"metric {m} is not numeric per sample")
-    con = duckdb.connect(config={"threads": 2, "memory_limit": "768MB", "preserve_insertion_order": True})
+    threads = max(1, min(os.cpu_count() or 1, 8))
+    con = duckdb.connect(config={"threads": threads, "memory_limit": "768MB", "preserve_insertion_order": True})
     try:
         rel = con.sql(_query(path, first, metrics, primary))
         to_reader = getattr(rel, "to_arrow_reader", None) or getattr(rel, "fetch_arrow_reader", None)
