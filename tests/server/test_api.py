@@ -213,3 +213,24 @@ def test_index_search_matches_brute_force(dash: Dash, monkeypatch: pytest.Monkey
     texts = idx.table.select(["input", "prediction", "target"]).to_pylist()
     want = [any(needle.lower() in (row[c] or "").lower() for c in row) for row in texts]
     assert got.tolist() == want
+
+
+def test_running_and_empty_runs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A run still being written is queried from Parquet each time; a run without samples shows nothing."""
+    ws = open_workspace(tmp_path / "ws")
+    tasks = [TaskInfo(name="t", metrics=["acc"])]
+    live = Run(run_id="run-live", model=ModelInfo(name="m"), provenance=Provenance(producer="evalkeeper"),
+               tasks=tasks, status="running")
+    ws.add_run(live, [], [[Sample(run_id="run-live", task="t", sample_id=f"s{i}", scores={"acc": float(i % 2)})
+                           for i in range(10)]])
+    ws.add_run(Run(run_id="run-empty", model=ModelInfo(name="m"), provenance=Provenance(producer="x"),
+                   tasks=tasks), [], [])
+    svc = DashboardService(ws)
+    assert svc.samples("run-live", ExplorerQuery(score_min=1)).total == 5
+    assert svc.index._indexes == {}  # never indexed while running
+    with TestClient(create_app(ws), base_url="http://127.0.0.1") as c:
+        assert c.get("/api/runs/run-empty/samples").json()["total"] == 0
+        assert c.get("/runs/run-empty/samples").status_code == 200
+        assert c.get("/runs/run-empty").status_code == 200
+        assert c.get("/runs/run-live").status_code == 200
+        assert c.get("/api/runs/run-empty/sample", params={"task": "t", "sample_id": "x"}).status_code == 404
