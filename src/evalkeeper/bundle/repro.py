@@ -64,6 +64,8 @@ def dockerfile(run: Run, env: dict[str, Any] | None) -> str:
         "ENV PYTHONHASHSEED=0 PIP_NO_CACHE_DIR=1",
         "WORKDIR /bundle",
         "COPY requirements.lock.txt /bundle/requirements.lock.txt",
+        "# A distribution installed from a source checkout (not on PyPI) must be COPY'd in and installed",
+        "# from there instead; remove its line from the lock first.",
         "RUN pip install --no-deps -r /bundle/requirements.lock.txt",
         "# Put the bundle next to this Dockerfile as run.ekb before building.",
         "COPY run.ekb /bundle/run.ekb",

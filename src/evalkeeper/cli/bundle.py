@@ -89,7 +89,7 @@ def register(app: typer.Typer) -> None:
         home: str | None = HomeOpt,
         as_json: bool = JsonOpt,
     ) -> None:
-        """Package a run (record, samples, metrics, env, specs, reports, repro files) into one signed-able file."""
+        """Package a run (record, samples, metrics, env, specs, reports, repro files) into one .ekb file."""
         from evalkeeper.bundle.writer import create_bundle, describe_result
 
         res = create_bundle(workspace(home), run, out, sign_key=sign, level=level)
