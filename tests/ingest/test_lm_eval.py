@@ -13,7 +13,7 @@ import pytest
 
 from evalkeeper.core.errors import ImportFormatError
 from evalkeeper.ingest import ImportedRun, load_path
-from evalkeeper.ingest import lm_eval as lm
+from evalkeeper.ingest import _lm_eval_samples as lm
 from evalkeeper.ingest.base import Z95
 from evalkeeper.ingest.lm_eval import LmEvalImporter
 
