@@ -150,3 +150,18 @@ def test_reports_in_run_folder_are_bundled(workspace: Workspace, stored_run: Run
     (rd / "reports" / "model.pkl").write_bytes(b"\x80\x04x")  # never bundled
     names = set(_docs(create_bundle(workspace, stored_run.run_id, tmp_path / "r.ekb").path))
     assert "reports/report.html" in names and not any(n.endswith(".pkl") for n in names)
+
+
+def test_peer_tool_run_keeps_its_source_identity_through_a_bundle(workspace: Workspace, tmp_path: Path) -> None:
+    from evalkeeper.ingest.service import import_path
+
+    run = make_run(workspace, tasks=("arith",), n=10)
+    prov = run.provenance.model_copy(update={"producer": "lighteval", "source_sha256": "c" * 64,
+                                             "source_path": "/data/results.json"})
+    workspace.save_run(run.model_copy(update={"provenance": prov}))
+    res = create_bundle(workspace, run.run_id, tmp_path / "l.ekb")
+    other = open_workspace(tmp_path / "other")
+    [first] = import_path(other, res.path)
+    assert first.run.provenance.source_sha256 == "c" * 64 and first.run.provenance.bundle_sha256 == res.sha256
+    assert first.run.provenance.source_path == "/data/results.json"
+    assert import_path(other, res.path)[0].already

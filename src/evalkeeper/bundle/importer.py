@@ -1,8 +1,9 @@
 """`evalkeeper import run.ekb`: a bundle is one more importable format, behind the same Importer protocol.
 
 The bundle is verified and extracted into a private temp folder first (see `extract.safe_extract`); the
-run keeps its id, producer and environment snapshot, and its provenance gains the bundle's sha256 (so
-importing the same file twice is detected by `ws.find_run_by_source`).
+run keeps its id, producer and environment snapshot, and its provenance gains the bundle's sha256.
+Importing the same bundle twice is detected by `ws.find_run_by_source`: native runs are identified by
+the bundle file, runs imported from a peer tool keep the sha256 of that tool's output.
 """
 
 from __future__ import annotations
@@ -69,9 +70,12 @@ def load_bundle_for_import(path: str | Path, *, limits: Limits = Limits()) -> Im
             f"bundle run record unreadable ({type(exc).__name__}: {exc})", path=str(p)
         ) from None
     file_sha = ex.scan.file_sha256
-    prov = run.provenance.model_copy(
-        update={"bundle_sha256": file_sha, "source_sha256": file_sha, "source_path": str(p)}
-    )
+    # A run imported from a peer tool keeps its source file's identity, so importing that file or this
+    # bundle again is recognised as the same run; a native run is identified by the bundle file.
+    update: dict[str, object] = {"bundle_sha256": file_sha}
+    if not run.provenance.source_sha256:
+        update.update(source_sha256=file_sha, source_path=str(p))
+    prov = run.provenance.model_copy(update=update)
     run = run.model_copy(update={"provenance": prov, "environment": run.environment or env})
     parts = sorted(n for n in ex.scan.members if n.startswith(L.SAMPLES_DIR) and n.endswith(".parquet"))
     weakref.finalize(ex, shutil.rmtree, ex.root, True)  # if the caller never consumes the batches
