@@ -300,3 +300,15 @@ def test_duplicate_doc_id_is_reported(tmp_path: Path) -> None:
     with pytest.raises(ImportFormatError) as e:
         list(LmEvalImporter().load(res).batches)
     assert "line 6: doc_id 2 appears twice" in e.value.render()
+
+
+def test_older_file_names(tmp_path: Path) -> None:
+    """lm-eval 0.4.0-0.4.2 wrote results.json and <results stem>_<task>.jsonl."""
+    res = _copy_run(tmp_path)
+    folder = res.parent
+    res.rename(folder / "results.json")
+    for task in ("ek_arith", "ek_capitals", "ek_echo"):
+        next(folder.glob(f"samples_{task}_*.jsonl")).rename(folder / f"results_{task}.jsonl")
+    r = load_path(folder)
+    assert sum(b.num_rows for b in r.batches) == 56
+    assert _metric(r, "ek_capitals", "acc").method == "clt"

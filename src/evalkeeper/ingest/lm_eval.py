@@ -189,6 +189,9 @@ def _samples_file(results_file: Path, task: str) -> Path | None:
         exact = folder / f"samples_{task}_{stem[len('results_'):]}.jsonl"
         if exact.is_file():
             return exact
+    older = folder / f"{stem}_{task}.jsonl"  # lm-eval 0.4.0-0.4.2: <results stem>_<task>.jsonl
+    if older.is_file() and _is_samples_line(older):
+        return older
     prefix = f"samples_{task}_"
     # a task named "x" must not pick up "samples_x_y_<date>.jsonl" of a task named "x_y": dates have no "_"
     matches = [m for m in sorted(folder.glob(f"{_glob_escape(prefix)}*.jsonl"))
