@@ -129,6 +129,14 @@ def test_imported_run_docs_point_to_the_original_tool(workspace: Workspace, tmp_
     assert "a" * 64 in deps.values()
 
 
+def test_incomplete_run_is_bundled_with_a_warning(workspace: Workspace, tmp_path: Path) -> None:
+    run = make_run(workspace, tasks=("arith",), n=10)
+    workspace.save_run(run.model_copy(update={"status": "failed"}))
+    res = create_bundle(workspace, run.run_id, tmp_path / "f.ekb")
+    assert res.warnings and "'failed'" in res.warnings[0]
+    assert json.loads(_docs(res.path)[L.RUN])["status"] == "failed"
+
+
 def test_requirements_lock_without_packages_says_so() -> None:
     assert "nothing to pin" in requirements_lock(None)
 

@@ -41,6 +41,7 @@ class BundleResult:
     members: list[L.MemberDigest] = field(default_factory=list)
     key_id: str | None = None
     uncompressed_bytes: int = 0
+    warnings: list[str] = field(default_factory=list)
 
 
 class _HashingFile:
@@ -272,6 +273,10 @@ def create_bundle(
         key_id(key.public_key()) if key else None,
         uncompressed,
     )
+    if run.status != "complete":
+        result.warnings.append(
+            f"run {run.run_id} is {run.status!r}, not complete: the bundle holds the samples stored so far"
+        )
     if record_in_workspace:
         prov = run.provenance.model_copy(update={"bundle_sha256": result.sha256})
         ws.save_run(run.model_copy(update={"provenance": prov}))
@@ -288,4 +293,5 @@ def describe_result(result: BundleResult) -> dict[str, Any]:
         "members": len(result.members) + 2 + (1 if result.key_id else 0),
         "signed_by": result.key_id,
         "uncompressed_bytes": result.uncompressed_bytes,
+        "warnings": result.warnings,
     }

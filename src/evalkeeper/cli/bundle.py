@@ -94,6 +94,8 @@ def register(app: typer.Typer) -> None:
 
         res = create_bundle(workspace(home), run, out, sign_key=sign, level=level)
         info = describe_result(res)
+        for warning in res.warnings:
+            err_console().print(f"[yellow]warning:[/] {warning}", highlight=False)
         if as_json:
             print_json(info)
             return
