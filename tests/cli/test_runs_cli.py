@@ -74,3 +74,20 @@ def test_help_is_fast_and_imports_nothing_heavy() -> None:
     assert line.startswith("HEAVY []"), line
     assert "import" in proc.stdout and "runs" in proc.stdout
     assert wall < 5  # generous for a loaded CI box; the in-process figure is printed for the closing note
+
+
+def test_typer_exit_codes_reach_the_shell(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import typer
+
+    from evalkeeper.cli import main as cli_main
+
+    @cli_main.app.command("exit-probe", hidden=True)
+    def _probe() -> None:
+        raise typer.Exit(3)
+
+    try:
+        code, _, _ = run_cli("exit-probe")
+    finally:
+        cli_main.app.registered_commands = [c for c in cli_main.app.registered_commands
+                                            if c.name != "exit-probe"]
+    assert code == 3

@@ -43,7 +43,9 @@ def main() -> None:
     from evalkeeper.core.errors import EvalkeeperError
 
     try:
-        app(standalone_mode=False)
+        # In non-standalone mode click returns typer.Exit's code instead of exiting: pass it on.
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except EvalkeeperError as exc:
         from evalkeeper.cli.common import err_console
 
