@@ -2,7 +2,7 @@
 # Debian packages the test-suite needs: PostgreSQL (store tests), Chromium (dashboard browser tests),
 # pango/harfbuzz/fonts (WeasyPrint PDFs), poppler-utils (PDF checks). Installs only what is missing.
 set -euo pipefail
-PKGS=(postgresql chromium libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz0b libharfbuzz-subset0 fonts-dejavu-core
+PKGS=(git postgresql chromium libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz0b libharfbuzz-subset0 fonts-dejavu-core
       poppler-utils)
 missing=()
 for p in "${PKGS[@]}"; do
