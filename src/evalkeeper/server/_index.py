@@ -29,6 +29,7 @@ TEXT_COLUMNS = ("input", "target", "prediction")
 SMALL_COLUMNS = ("task", "sample_id", "epoch", "scores", "group", "latency_ms", "tokens_in", "tokens_out")
 TEXT_BUDGET_BYTES = 1 << 30  # texts of all cached runs together; beyond it a run's texts stay in Parquet
 SEARCH_CACHE = 32  # search masks kept per run (one bool per sample each)
+WARM_SORT_KEYS = ("score", "sample_id", "latency_ms", "tokens_out", "tokens_in", "task", "epoch")
 FIND_LOOP_LIMIT = 30_000  # rows hit by bytes.find before a search switches to the vectorized scan
 
 
@@ -206,15 +207,25 @@ class RunIndex:
         return self.table.column(sort)
 
     def order(self, sort: str, metric: str | None, descending: bool) -> np.ndarray:
-        """Row numbers sorted by the key (nulls/NaN last); stable, so ties stay in storage order."""
-        def make() -> np.ndarray:
+        """Row numbers sorted by the key, nulls/NaN last. Ascending is a stable sort (ties in storage
+        order); descending reverses the non-null part of it, so each key is sorted only once."""
+        def make_asc() -> np.ndarray:
             key = self.sort_key(sort, metric)
             arr = pa.array(key, from_pandas=True) if isinstance(key, np.ndarray) else key
-            order = "descending" if descending else "ascending"
-            idx = pc.sort_indices(pa.table({"k": arr}), sort_keys=[("k", order, "at_end")])
+            idx = pc.sort_indices(pa.table({"k": arr}), sort_keys=[("k", "ascending", "at_end")])
             return np.asarray(idx.to_numpy(), dtype=np.int64)
 
-        return self._cached(("order", sort, metric or "", "desc" if descending else "asc"), make)  # type: ignore
+        asc: np.ndarray = self._cached(("order", sort, metric or "", "asc"), make_asc)
+        if not descending:
+            return asc
+
+        def make_desc() -> np.ndarray:
+            key = self.sort_key(sort, metric)
+            arr = pa.array(key, from_pandas=True) if isinstance(key, np.ndarray) else key
+            n_valid = len(arr) - arr.null_count
+            return np.concatenate([asc[:n_valid][::-1], asc[n_valid:]])
+
+        return self._cached(("order", sort, metric or "", "desc"), make_desc)  # type: ignore[no-any-return]
 
     def rank(self, sort: str, metric: str | None, descending: bool) -> np.ndarray:
         """Position of every row in `order(...)` (its inverse permutation)."""
@@ -225,6 +236,15 @@ class RunIndex:
             return rank
 
         return self._cached(("rank", sort, metric or "", "desc" if descending else "asc"), make)  # type: ignore
+
+
+def _warm_orders(index: RunIndex) -> None:
+    """Sort every sortable column once in the background, so the first page sorted by it is fast too."""
+    for key in WARM_SORT_KEYS:
+        try:
+            index.order(key, None, False)
+        except (KeyError, pa.ArrowException):  # a column missing from an unusual part: sorted on demand
+            continue
 
 
 def _find_rows(text: bytes, offsets: np.ndarray, key: bytes, hit: np.ndarray) -> bool:
@@ -306,6 +326,7 @@ class ExplorerIndex:
                     return self._indexes[key]
                 used = sum(i.text_bytes for i in self._indexes.values())
             index = self._build(run, parts, text_room=self.text_budget - used)
+            threading.Thread(target=_warm_orders, args=(index,), daemon=True, name="explorer-sort").start()
             with self._lock:
                 self._indexes[key] = index
                 while len(self._indexes) > self.max_runs:
