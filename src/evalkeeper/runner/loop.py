@@ -214,6 +214,10 @@ class _Progress:
             self.current = self.bar.add_task(name, total=total, completed=done, rate="")
             self.bar.advance(self.overall, done)
 
+    def note(self, text: str) -> None:
+        if self.bar is not None and self.current is not None:
+            self.bar.update(self.current, description=text)
+
     def advance(self, n: int = 1) -> None:
         if self.bar is None:
             return
@@ -273,7 +277,9 @@ async def _evaluate(ws: Workspace, backend: Backend, tasks: list[LoadedTask], op
                     progress.advance()
             missing = [i for i, key in enumerate(keys) if key not in hits]
             if missing:
+                progress.note(f"{task.spec.name} (starting model)")
                 await backend.start()
+                progress.note(task.spec.name)
                 async for j, res in backend.run([requests[i] for i in missing]):
                     i = missing[j]
                     model_calls += 1

@@ -200,22 +200,13 @@ def metric_keys(metric_names: Iterable[str]) -> list[str]:
 
 
 def _clt(values: list[float]) -> tuple[float, float | None, float | None, float | None]:
-    """Mean, CLT SE and 95% CI; evalkeeper.stats.clt_ci when available (it is the project's one source)."""
-    try:
-        from evalkeeper.stats import clt_ci
-    except ImportError:  # the stats package may not expose it in a partial install
-        clt_ci = None
-    if clt_ci is not None:
-        est = clt_ci(values)
-        se = est.se if math.isfinite(est.se) else None
-        return est.mean, se, (est.ci_low if se is not None else None), (est.ci_high if se is not None else None)
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None, None, None
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    se = sd / math.sqrt(n)
-    return mean, se, mean - 1.959963984540054 * se, mean + 1.959963984540054 * se
+    """Mean, CLT SE and 95% CI from evalkeeper.stats (SE and CI are None below two values)."""
+    from evalkeeper.stats import clt_ci
+
+    est = clt_ci(values)
+    if not math.isfinite(est.se):
+        return est.mean, None, None, None
+    return est.mean, est.se, est.ci_low, est.ci_high
 
 
 def aggregate(run_id: str, task: str, keys: list[str], per_sample: Iterable[Mapping[str, float]]) -> list[

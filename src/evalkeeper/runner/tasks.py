@@ -28,9 +28,9 @@ LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 class GenerationSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    max_new_tokens: int = Field(32, ge=1, le=8192)
-    temperature: float = Field(0.0, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(default=32, ge=1, le=8192)
+    temperature: float = Field(default=0.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: list[str] = Field(default_factory=list)
 
 
@@ -54,11 +54,11 @@ class TaskSpec(BaseModel):
     metadata_fields: list[str] = Field(default_factory=list)
     metrics: list[str]
     answer_regex: str | None = None
-    n_shot: int = Field(0, ge=0)
+    n_shot: int = Field(default=0, ge=0)
     fewshot_seed: int = 1234
     fewshot_separator: str = "\n\n"
     fewshot_target: str | None = None  # template for a shot's answer; default: the target text
-    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    generation: GenerationSpec = Field(default_factory=lambda: GenerationSpec())
 
 
 @dataclass

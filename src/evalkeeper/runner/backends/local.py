@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -26,6 +27,7 @@ from evalkeeper.core.ids import sha256_file, sha256_text
 from evalkeeper.core.records import ModelInfo
 from evalkeeper.runner.backends.base import Backend, ChoiceRequest, GenerateRequest, Request, Result
 
+log = logging.getLogger(__name__)
 SMOLLM2_NAME = "SmolLM2-135M-Instruct"
 _MARKER = "evalkeeper-converted.json"
 
@@ -92,7 +94,7 @@ def converted_dir(gguf: Path, digest: str) -> Path:
     config = quantized.config
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")  # save_pretrained refuses GGUF-quantized models
-    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
     fresh.load_state_dict(quantized.state_dict())
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
     try:
@@ -158,18 +160,33 @@ class TransformersBackend(Backend):
         if self.model is not None:
             return
         t0 = time.perf_counter()
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # our own progress bar owns the terminal
-        hf_logging.set_verbosity_error()
-        folder = converted_dir(self.path, self.digest()) if self.is_gguf else self.path
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-            self.model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers.utils import logging as hf_logging
+        except ImportError as exc:
+            raise ConfigError(f"local models need torch and transformers ({exc.name} is missing)",
+                              hint="pip install 'evalkeeper[model]'") from None
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # our progress bar owns the terminal
+        hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+        try:
+            if self.is_gguf:
+                try:
+                    folder = converted_dir(self.path, self.digest())
+                except OSError as exc:  # unwritable cache: convert in memory, every time (slow but works)
+                    log.warning("cannot cache converted weights in %s (%s); converting in memory", cache_dir(), exc)
+                    self.tokenizer = AutoTokenizer.from_pretrained(str(self.path.parent), gguf_file=self.path.name)
+                    self.model = AutoModelForCausalLM.from_pretrained(str(self.path.parent),
+                                                                      gguf_file=self.path.name, dtype=torch.float32)
+                    folder = None
+            else:
+                folder = self.path
+            if folder is not None:
+                self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+                self.model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot load a transformers model from {folder}: {exc}") from None
+            raise ConfigError(f"cannot load a transformers model from {self.path}: {exc}") from None
+        assert self.model is not None and self.tokenizer is not None
         self.model.to(self.device).eval()
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -268,7 +285,7 @@ class TransformersBackend(Backend):
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                              logits_to_keep=1)
             first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # next-token dist after each prompt
-            totals = [float(first[k, c[0]]) for k, c in conts]
+            totals = [float(first[k, cont[0]]) for k, cont in conts]
             longest = max(len(c) for _, c in conts)
             if longest > 1:
                 index = torch.tensor([k for k, _ in conts], device=self.device)
@@ -283,10 +300,10 @@ class TransformersBackend(Backend):
                 logits = self.model(input_ids=cont_ids, attention_mask=full_mask, position_ids=cpos,
                                     past_key_values=cache, use_cache=False).logits.float()
                 logp = torch.log_softmax(logits[:, :-1, :], dim=-1)  # position t predicts token t+1
-                for row, (_, c) in enumerate(conts):
-                    if len(c) > 1:
-                        nxt = torch.tensor(c[1:], device=self.device)
-                        totals[row] += float(logp[row, :len(c) - 1].gather(1, nxt[:, None]).sum())
+                for row, (_, cont) in enumerate(conts):
+                    if len(cont) > 1:
+                        nxt = torch.tensor(cont[1:], device=self.device)
+                        totals[row] += float(logp[row, :len(cont) - 1].gather(1, nxt[:, None]).sum())
         per_request: list[list[float]] = [[] for _ in batch]
         for (k, _), total in zip(conts, totals, strict=True):
             per_request[k].append(total)

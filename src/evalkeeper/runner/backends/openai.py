@@ -182,7 +182,7 @@ class OpenAIBackend(Backend):
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(retry_after, 300.0) + self._rng.uniform(0, 0.05)
-        cap = min(self.backoff_max, self.backoff_base * (2 ** attempt))
+        cap = min(self.backoff_max, self.backoff_base * float(2 ** attempt))
         return cap / 2 + self._rng.uniform(0, cap / 2)  # "equal jitter": never zero, never in lockstep
 
     async def _post(self, client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], float]:
