@@ -248,19 +248,23 @@ def _warm_orders(index: RunIndex) -> None:
 
 
 def _find_rows(text: bytes, offsets: np.ndarray, key: bytes, hit: np.ndarray) -> bool:
-    """Mark rows containing `key` using bytes.find; False (work abandoned) after FIND_LOOP_LIMIT hits."""
-    pos, n = text.find(key), 0
+    """Mark rows containing `key` using bytes.find; False (work abandoned) after FIND_LOOP_LIMIT matches."""
+    found: list[int] = []
+    pos = text.find(key)
     while pos != -1:
-        row = int(np.searchsorted(offsets, pos, side="right")) - 1
-        if pos + len(key) <= offsets[row + 1]:  # not straddling into the next row
-            hit[row] = True
-            n += 1
-            if n > FIND_LOOP_LIMIT:
-                return False
-            pos = text.find(key, int(offsets[row + 1]))
-        else:
-            pos = text.find(key, pos + 1)
+        found.append(pos)
+        if len(found) > FIND_LOOP_LIMIT:
+            return False
+        pos = text.find(key, pos + 1)
+    _mark(np.asarray(found, dtype=np.int64), offsets, len(key), hit)
     return True
+
+
+def _mark(starts: np.ndarray, offsets: np.ndarray, length: int, hit: np.ndarray) -> None:
+    """Set the rows of match start positions, dropping matches that straddle two rows."""
+    first = np.searchsorted(offsets, starts, side="right") - 1
+    last = np.searchsorted(offsets, starts + length - 1, side="right") - 1
+    hit[first[first == last]] = True
 
 
 def _scan_rows(text: bytes, offsets: np.ndarray, counts: np.ndarray, key_bytes: bytes, hit: np.ndarray) -> None:
@@ -273,9 +277,7 @@ def _scan_rows(text: bytes, offsets: np.ndarray, counts: np.ndarray, key_bytes: 
     for k in range(key.size):
         if k != anchor and cand.size:
             cand = cand[data[cand + k] == key[k]]
-    first = np.searchsorted(offsets, cand, side="right") - 1
-    last = np.searchsorted(offsets, cand + key.size - 1, side="right") - 1
-    hit[first[first == last]] = True
+    _mark(cand, offsets, key.size, hit)
 
 
 def _read_part(path: Path, with_text: bool) -> pa.Table:
