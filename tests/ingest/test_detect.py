@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -162,3 +163,62 @@ def test_inspect_logs_are_not_claimed_by_lighteval_or_lm_eval(path: Path) -> Non
     assert not LmEvalImporter().detect(path)
     if "inspect_ai" in importer_names():
         assert detect_importer(path).name == "inspect_ai"
+
+
+_ODD_VALUES = [None, [], {}, "x", "", 0, -1, 1.5, float("nan"), float("inf"), True, [1, "a"], {"a": [None]},
+               10**30, "NaN", "1"]
+
+
+def _json_paths(obj: object, pre: tuple = ()) -> list[tuple]:
+    out = [pre]
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out += _json_paths(v, (*pre, k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            out += _json_paths(v, (*pre, i))
+    return out
+
+
+def _set_path(obj: object, path: tuple, value: object) -> object:
+    if not path:
+        return value
+    cur = obj
+    for k in path[:-1]:
+        cur = cur[k]  # type: ignore[index]
+    cur[path[-1]] = value  # type: ignore[index]
+    return obj
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_wrong_shapes_in_real_outputs_only_raise_import_format_error(tmp_path: Path, data: st.DataObject) -> None:
+    """Valid JSON of the wrong shape anywhere (results JSON or one sample line): ours is the only error, and
+    whatever imports survives the store's JSON round trip."""
+    from evalkeeper.core.records import MetricResult, Run
+
+    root = data.draw(st.sampled_from([LIGHTEVAL_RUN, LEGACY, LM_EVAL_RUN]))
+    work = tmp_path / "w"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(root, work)
+    victim = data.draw(st.sampled_from(sorted(p for p in work.rglob("*") if p.suffix in (".json", ".jsonl"))))
+    lines = victim.read_text().splitlines()
+    i = data.draw(st.integers(0, len(lines) - 1)) if victim.suffix == ".jsonl" else None
+    doc = json.loads(lines[i]) if i is not None else json.loads(victim.read_text())
+    for _ in range(data.draw(st.integers(1, 3))):
+        doc = _set_path(doc, data.draw(st.sampled_from(_json_paths(doc))), data.draw(st.sampled_from(_ODD_VALUES)))
+    if i is not None:
+        lines[i] = json.dumps(doc)
+        victim.write_text("\n".join(lines) + "\n")
+    else:
+        victim.write_text(json.dumps(doc))
+    try:
+        r = load_path(work)
+        for _ in r.batches:
+            pass
+    except ImportFormatError as e:
+        assert e.path
+        return
+    Run.model_validate_json(r.run.model_dump_json())
+    for m in r.metrics:
+        MetricResult.model_validate_json(m.model_dump_json())

@@ -154,7 +154,7 @@ def fill_source_ci(metric: MetricResult) -> None:
     """A normal-approximation 95% CI from a carried-over stderr (method stays "source")."""
     if metric.method == CLT_METHOD or metric.stderr is None or metric.ci_low is not None:
         return
-    if math.isnan(metric.value) or math.isnan(metric.stderr):
+    if not (math.isfinite(metric.value) and math.isfinite(metric.stderr)):
         return
     metric.ci_low = metric.value - Z95 * metric.stderr
     metric.ci_high = metric.value + Z95 * metric.stderr

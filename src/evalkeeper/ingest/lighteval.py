@@ -171,6 +171,8 @@ class LightevalImporter:
             return _build(files[0], data)
         except ValidationError as e:
             raise ImportFormatError(validation_message(e), path=str(files[0])) from None
+        except (TypeError, AttributeError, KeyError, IndexError) as e:  # a field of an unexpected shape
+            raise ImportFormatError(f"unexpected structure: {type(e).__name__}: {e}", path=str(files[0])) from None
 
 
 def _metrics_of(key: str, entry: Any, file: Path) -> dict[str, tuple[float, float | None]]:
@@ -186,7 +188,7 @@ def _metrics_of(key: str, entry: Any, file: Path) -> dict[str, tuple[float, floa
             raise ImportFormatError(f"results['{key}']['{name}'] is not a number: {str(raw)[:60]!r}",
                                     path=str(file))
         if name.endswith("_stderr"):
-            stderrs[name[: -len("_stderr")]] = None if math.isnan(num) else num
+            stderrs[name[: -len("_stderr")]] = num if math.isfinite(num) else None
         else:
             values[name] = num
     return {m: (v, stderrs.get(m)) for m, v in values.items()}
@@ -295,8 +297,9 @@ def _build(results_file: Path, data: dict[str, Any]) -> ImportedRun:
 
     for mr in metrics:
         fill_source_ci(mr)
-    # a metric lighteval could not compute is NaN in the JSON; with no samples to recompute it, it has no value
-    metrics = [mr for mr in metrics if not math.isnan(mr.value)]
+    # a metric lighteval could not compute is NaN (or inf) in the JSON; with no samples to recompute it from,
+    # it has no value that can be stored
+    metrics = [mr for mr in metrics if math.isfinite(mr.value)]
     source_files = [f] + [p for _, p, _ in loaders]
     # lighteval names the file after the moment it saved (the end of the run), in local time without a zone
     end = _date_of(f)
@@ -348,7 +351,8 @@ def _sample_count(summary: dict[str, Any], cfg: dict[str, Any]) -> int | None:
 
 def _higher_is_better(cfg: dict[str, Any]) -> dict[str, bool]:
     out: dict[str, bool] = {}
-    for m in cfg.get("metrics") or cfg.get("metric") or []:
+    listed = cfg.get("metrics") or cfg.get("metric") or []
+    for m in listed if isinstance(listed, list) else []:
         if not isinstance(m, dict):
             continue
         hib = m.get("higher_is_better")

@@ -104,6 +104,9 @@ class LmEvalImporter:
             return _build(results_file, data)
         except ValidationError as e:
             raise ImportFormatError(validation_message(e), path=str(results_file)) from None
+        except (TypeError, AttributeError, KeyError, IndexError) as e:  # a field of an unexpected shape
+            raise ImportFormatError(f"unexpected structure: {type(e).__name__}: {e}",
+                                    path=str(results_file)) from None
 
     def _pick_results_file(self, path: Path) -> Path:
         if path.is_file() and path.suffix == ".jsonl":
@@ -142,7 +145,7 @@ def _parse_task_metrics(task: str, entry: Any, file: Path) -> dict[tuple[str, st
         metric, _, filt = key.partition(",")
         num = as_float(value)
         if metric.endswith("_stderr"):
-            stderrs[(metric[: -len("_stderr")], filt)] = num if num is not None and not math.isnan(num) else None
+            stderrs[(metric[: -len("_stderr")], filt)] = num if num is not None and math.isfinite(num) else None
         elif num is not None:
             out[(metric, filt)] = (num, None)
         elif value not in (None, "N/A", " "):
@@ -236,8 +239,8 @@ def _build(results_file: Path, data: dict[str, Any]) -> ImportedRun:
         by_name: dict[str, MetricResult] = {}
         filters: list[str] = []
         for (metric, filt), (value, stderr) in parsed.items():
-            if math.isnan(value):
-                continue  # a metric lm-eval could not compute has no value to carry (its samples keep theirs)
+            if not math.isfinite(value):
+                continue  # NaN/inf: no value to carry or store (the samples keep their own scores)
             mname = metric_name(metric, filt)
             if filt not in filters:
                 filters.append(filt)
