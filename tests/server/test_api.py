@@ -234,3 +234,17 @@ def test_running_and_empty_runs(tmp_path) -> None:  # type: ignore[no-untyped-de
         assert c.get("/runs/run-empty").status_code == 200
         assert c.get("/runs/run-live").status_code == 200
         assert c.get("/api/runs/run-empty/sample", params={"task": "t", "sample_id": "x"}).status_code == 404
+
+
+def test_report_downloads_use_the_report_package(client: TestClient, dash: Dash) -> None:
+    r = client.get("/api/runs/run-b-candidate/report.json", params={"compare": "run-a-baseline"})
+    assert r.status_code == 200
+    assert r.headers["content-disposition"] == 'attachment; filename="evalkeeper-report-run-b-candidate.json"'
+    body = r.json()
+    assert body["run"]["run_id"] == "run-b-candidate"
+    assert "run-a-baseline" in r.text  # the comparison baseline is in the report
+    html = client.get("/api/runs/run-b-candidate/report.html")
+    assert html.headers["content-type"].startswith("text/html") and "attachment" in html.headers[
+        "content-disposition"]
+    assert "<script>alert('xss-script')</script>" not in html.text  # the report escapes outputs too
+    assert client.get("/api/runs/run-b-candidate/report.exe").status_code == 400

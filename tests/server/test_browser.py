@@ -107,6 +107,7 @@ def test_runs_list_to_run_page(page: Any, server_url: str) -> None:
     assert page.locator("#metrics-table tbody tr").count() == 2
     assert page.locator("svg.chart").count() >= 2  # metrics chart + slice charts
     assert "acc" in page.locator("#metrics-table").inner_text()
+    assert page.locator(".downloads a").all_inner_texts() == ["HTML", "MD", "JSON", "PDF"]
     _shot(page, "run")
 
 

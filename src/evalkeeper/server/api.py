@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from evalkeeper.server._sql import MAX_PAGE_SIZE, SORT_KEYS, ExplorerQuery
 from evalkeeper.server.schemas import (
@@ -108,3 +108,16 @@ def compare(
 ) -> ComparisonOut:
     """Run b (candidate) against run a (baseline), paired on sample ids, p-values corrected across rows."""
     return svc.compare(a, b, alpha=alpha, correction=correction)
+
+
+@router.get("/runs/{run_ref}/report.{fmt}", responses={200: {"content": {"application/octet-stream": {}}}})
+def report(run_ref: str, fmt: str, svc: Service, compare: str | None = None) -> Response:
+    """The run's report (html, md, json or pdf, optionally against a baseline), as a download.
+
+    Served as an attachment: the self-contained HTML report is opened from disk, never rendered inside
+    the dashboard's origin.
+    """
+    name, body = svc.report(run_ref, fmt, compare or None)
+    media = {"html": "text/html", "md": "text/markdown", "json": "application/json", "pdf": "application/pdf"}
+    return Response(body, media_type=media[fmt] + ("; charset=utf-8" if fmt != "pdf" else ""),
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})

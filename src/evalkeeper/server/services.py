@@ -37,6 +37,7 @@ from evalkeeper.server.schemas import (
 )
 
 _COUNT_CACHE_SIZE = 1024
+REPORT_FORMATS = ("html", "md", "json", "pdf")
 _Z95 = NormalDist().inv_cdf(0.975)
 
 
@@ -320,6 +321,17 @@ class DashboardService:
             overall=_slice_row("overall", overall),
             slices=[_slice_row(r["value"], r) for r in rows],
         )
+
+    # ---- reports --------------------------------------------------------------------------------
+    def report(self, ref: str, fmt: str, compare: str | None = None) -> tuple[str, bytes]:
+        """(file name, bytes) of the run's report in one format, rendered by `evalkeeper.report`."""
+        from evalkeeper.report import render_report
+
+        if fmt not in REPORT_FORMATS:
+            raise EvalkeeperError(f"unknown report format {fmt!r}", hint=f"one of {', '.join(REPORT_FORMATS)}")
+        run = self.get_run(ref)
+        other = self.get_run(compare).run_id if compare else None
+        return f"evalkeeper-report-{run.run_id}.{fmt}", render_report(self.ws, run.run_id, fmt, compare=other)
 
     # ---- comparison -----------------------------------------------------------------------------
     def compare(
