@@ -222,3 +222,15 @@ def test_wrong_shapes_in_real_outputs_only_raise_import_format_error(tmp_path: P
     Run.model_validate_json(r.run.model_dump_json())
     for m in r.metrics:
         MetricResult.model_validate_json(m.model_dump_json())
+
+
+@pytest.mark.parametrize("root", [LIGHTEVAL_RUN, LM_EVAL_RUN], ids=["lighteval", "lm_eval"])
+def test_truncated_results_in_a_folder_names_the_file(tmp_path: Path, root: Path) -> None:
+    work = tmp_path / "out"
+    shutil.copytree(root, work)
+    res = next(work.rglob("results_*.json"))
+    res.write_bytes(res.read_bytes()[:200])
+    for where in (work, res):
+        with pytest.raises(ImportFormatError) as e:
+            load_path(where)
+        assert str(res) in e.value.render() and "invalid JSON" in e.value.render()

@@ -9,7 +9,7 @@ import importlib
 from pathlib import Path
 
 from evalkeeper.core.errors import ImportFormatError
-from evalkeeper.ingest.base import CltAccumulator, ImportedRun, Importer, apply_clt, clt_metric
+from evalkeeper.ingest.base import CltAccumulator, ImportedRun, Importer, apply_clt, clt_metric, read_json_file
 
 __all__ = [
     "IMPORTERS",
@@ -94,6 +94,7 @@ def detect_importer(path: str | Path) -> Importer:
     for imp in IMPORTERS:
         if imp.detect(p):
             return imp
+    _raise_if_damaged(p)
     raise ImportFormatError(
         "unknown format: not output of any supported tool",
         path=str(p),
@@ -101,6 +102,26 @@ def detect_importer(path: str | Path) -> Importer:
         + " (lighteval results_*.json / details parquet, lm-eval results_*.json + samples_*.jsonl,"
         " inspect_ai .eval / .json logs)",
     )
+
+
+def _raise_if_damaged(p: Path, limit: int = 50) -> None:
+    """When nothing matched, a damaged JSON file is the likelier story than an unknown tool: say which."""
+    if p.is_file():
+        candidates = [p]
+    else:
+        try:
+            candidates = sorted(x for x in p.rglob("*.json") if x.is_file())[:limit]
+        except OSError:
+            return
+    for f in candidates:
+        if f.suffix != ".json":
+            continue
+        try:
+            if f.stat().st_size > (256 << 20):
+                continue
+        except OSError:
+            continue
+        read_json_file(f)  # raises ImportFormatError naming the file, line and column
 
 
 def load_path(path: str | Path) -> ImportedRun:

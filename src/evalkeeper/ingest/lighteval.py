@@ -10,6 +10,7 @@ columns in current versions and flat, sometimes stringified, columns (`example`,
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import re
 from pathlib import Path
@@ -63,8 +64,6 @@ def _peek_json(path: Path, limit: int = 64 << 20) -> Any:
     try:
         if path.stat().st_size > limit:
             return None
-        import json
-
         return json.loads(path.read_bytes())
     except (OSError, ValueError, RecursionError):
         return None
@@ -75,8 +74,7 @@ def _is_details_parquet(path: Path) -> bool:
         names = set(pq.read_schema(path).names)
     except Exception:  # noqa: BLE001 - any pyarrow failure means "not ours"
         return False
-    return bool(names & DETAIL_COLUMNS["nested"] == DETAIL_COLUMNS["nested"]
-                or len(names & DETAIL_COLUMNS["flat"]) >= 4)
+    return DETAIL_COLUMNS["nested"] <= names or len(names & DETAIL_COLUMNS["flat"]) >= 4
 
 
 def find_results_files(path: Path) -> list[Path]:
@@ -153,7 +151,7 @@ class LightevalImporter:
     def load(self, path: Path) -> ImportedRun:
         files = find_results_files(path) if path.exists() else []
         if path.is_file() and path.suffix == ".json" and not files:
-            data = read_json_file(path)  # raises with the JSON error if it is not JSON at all
+            read_json_file(path)  # raises with the JSON error if it is not JSON at all
             raise ImportFormatError("not a lighteval results file: expected 'config_general' and 'results' "
                                     "objects", path=str(path))
         if not files:
