@@ -248,3 +248,19 @@ def test_report_downloads_use_the_report_package(client: TestClient, dash: Dash)
         "content-disposition"]
     assert "<script>alert('xss-script')</script>" not in html.text  # the report escapes outputs too
     assert client.get("/api/runs/run-b-candidate/report.exe").status_code == 400
+
+
+def test_reimported_run_is_not_served_from_a_stale_index(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ws = open_workspace(tmp_path / "ws")
+    svc = DashboardService(ws)
+
+    def add(pred: str) -> None:
+        run = Run(run_id="run-x", model=ModelInfo(name="m"), provenance=Provenance(producer="evalkeeper"),
+                  tasks=[TaskInfo(name="t", metrics=["acc"])])
+        ws.add_run(run, [], [[Sample(run_id="run-x", task="t", sample_id="s", prediction=pred, scores={"acc": 1.0})]])
+
+    add("first")
+    assert svc.samples("run-x", ExplorerQuery()).rows[0].prediction == "first"
+    ws.delete_run("run-x")
+    add("second")
+    assert svc.samples("run-x", ExplorerQuery()).rows[0].prediction == "second"

@@ -309,13 +309,14 @@ class ExplorerIndex:
     def __init__(self, max_runs: int = 4, text_budget: int = TEXT_BUDGET_BYTES) -> None:
         self._lock = threading.Lock()
         self._build_locks: dict[str, threading.Lock] = {}
-        self._indexes: OrderedDict[tuple[str, int], RunIndex] = OrderedDict()
+        self._indexes: OrderedDict[tuple[str, int, tuple[str, ...]], RunIndex] = OrderedDict()
         self._duck = duckdb.connect(":memory:")
         self.max_runs = max_runs
         self.text_budget = text_budget
 
     def get(self, run: Run, parts: list[Path]) -> RunIndex:
-        key = (run.run_id, run.n_samples)
+        # Part file names carry a random suffix, so a re-imported run with the same id is a new key.
+        key = (run.run_id, run.n_samples, tuple(p.name for p in parts))
         with self._lock:
             found = self._indexes.get(key)
             if found is not None:
