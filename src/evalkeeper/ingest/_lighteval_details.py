@@ -103,9 +103,9 @@ def read_details(path: Path, run_id: str, task: str) -> list[Sample]:
     """All rows of one details Parquet file as Samples (files are per task, one row per doc)."""
     try:
         table = pq.read_table(path)
+        names = set(table.column_names)  # a damaged footer can hold names that are not UTF-8
     except Exception as e:  # noqa: BLE001 - pyarrow raises many types for a damaged file
         raise ImportFormatError(f"unreadable Parquet file: {str(e)[:200]}", path=str(path)) from None
-    names = set(table.column_names)
     try:
         rows = table.to_pylist()
     except Exception as e:  # noqa: BLE001

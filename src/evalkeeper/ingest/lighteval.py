@@ -169,7 +169,7 @@ class LightevalImporter:
             return _build(files[0], data)
         except ValidationError as e:
             raise ImportFormatError(validation_message(e), path=str(files[0])) from None
-        except (TypeError, AttributeError, KeyError, IndexError) as e:  # a field of an unexpected shape
+        except (TypeError, AttributeError, KeyError, IndexError, OverflowError) as e:  # a field of an odd shape
             raise ImportFormatError(f"unexpected structure: {type(e).__name__}: {e}", path=str(files[0])) from None
 
 
@@ -307,7 +307,7 @@ def _build(results_file: Path, data: dict[str, Any]) -> ImportedRun:
         model=_model_info(general),
         tasks=tasks,
         created_at=end or dt.datetime.now(dt.UTC),
-        started_at=end - dt.timedelta(seconds=total) if end and total is not None and total >= 0 else None,
+        started_at=end - dt.timedelta(seconds=total) if end and total is not None and 0 <= total < 1e8 else None,
         finished_at=end,
         environment={"source": {"config_general": general, "versions": versions,
                                 "summary_general": data.get("summary_general"),

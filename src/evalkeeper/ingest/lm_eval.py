@@ -104,7 +104,7 @@ class LmEvalImporter:
             return _build(results_file, data)
         except ValidationError as e:
             raise ImportFormatError(validation_message(e), path=str(results_file)) from None
-        except (TypeError, AttributeError, KeyError, IndexError) as e:  # a field of an unexpected shape
+        except (TypeError, AttributeError, KeyError, IndexError, OverflowError) as e:  # a field of an odd shape
             raise ImportFormatError(f"unexpected structure: {type(e).__name__}: {e}",
                                     path=str(results_file)) from None
 
