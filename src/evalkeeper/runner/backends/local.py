@@ -237,6 +237,8 @@ class TransformersBackend(Backend):
         sampling = first.temperature > 0
         kwargs: dict[str, Any] = {"max_new_tokens": first.max_new_tokens, "do_sample": sampling,
                                   "pad_token_id": self.tokenizer.pad_token_id}
+        if first.stop:  # end each row at its stop string, and the batch once every row has stopped
+            kwargs.update(stop_strings=list(first.stop), tokenizer=self.tokenizer)
         if sampling:
             torch.manual_seed(first.seed)
             kwargs.update(temperature=first.temperature, top_p=first.top_p)
@@ -318,4 +320,4 @@ class TransformersBackend(Backend):
 
 def _gen_params(r: Request) -> tuple[Any, ...]:
     assert isinstance(r, GenerateRequest)
-    return (r.max_new_tokens, r.temperature, r.top_p, r.seed)
+    return (r.max_new_tokens, r.temperature, r.top_p, r.seed, r.stop)
