@@ -212,3 +212,16 @@ def test_paired_scores_join_matches_numpy(any_workspace: Workspace) -> None:
     assert np.array_equal(va, sa[ia]) and np.array_equal(vb, sb[ib])
     ids, va, vb, na, nb = ws.paired_scores(a.run_id, b.run_id, "nope", "acc")
     assert len(ids) == 0 and (na, nb) == (0, 0)
+
+
+def test_search_with_wildcard_characters_and_literal_keywords(workspace: Workspace) -> None:
+    run = make_run(workspace, tasks=("t",), n=6, outputs=["grew 50% in 2024", "snake_case name", "plain"],
+                   groups={"split": ["test set", "other"]})
+    assert workspace.count_samples(run.run_id, search="50%") == 2
+    assert workspace.count_samples(run.run_id, search="e_c") == 2
+    assert workspace.count_samples(run.run_id, search="%") == 2
+    assert workspace.count_samples(run.run_id, where="\"group\"['split'] = 'test set'") == 3
+    with pytest.raises(EvalkeeperError, match="not allowed"):
+        workspace.count_samples(run.run_id, where="'a' = 'a' or load('x')")
+    with pytest.raises(EvalkeeperError, match="unterminated"):
+        workspace.count_samples(run.run_id, where="task = 'x")

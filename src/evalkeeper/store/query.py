@@ -24,8 +24,14 @@ _SORTABLE = {"task", "sample_id", "epoch", "score", "latency_ms", "tokens_in", "
              "prediction", "target"}
 
 
+_STRING_LITERAL = re.compile(r"'(?:[^']|'')*'")
+
+
 def check_where(where: str) -> str:
-    if _FORBIDDEN.search(where):
+    """Reject statements, comments and file/setting functions; words inside string literals are data."""
+    if where.count("'") % 2:
+        raise EvalkeeperError(f"--where {where!r} has an unterminated string literal")
+    if _FORBIDDEN.search(_STRING_LITERAL.sub("''", where)):
         raise EvalkeeperError(
             f"--where {where!r} uses a statement, comment or function that is not allowed in a filter",
             hint="write a plain expression over sample columns, e.g. \"score < 1 and task = 'arith'\"",
@@ -68,7 +74,8 @@ class SampleQuery:
             clauses.append("task = ?")
             params.append(task)
         if search:
-            clauses.append("(input ILIKE ? OR prediction ILIKE ? OR target ILIKE ?)")
+            clauses.append("(" + " OR ".join(f"{c} ILIKE ? ESCAPE '\\'" for c in ("input", "prediction", "target"))
+                           + ")")
             pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             params.extend([pattern] * 3)
         if where:
