@@ -213,7 +213,10 @@ try:  # orjson parses JSON lines several times faster; stdlib json is the fallba
 
     def dumps_fast(obj: Any) -> str:
         """Compact JSON text (NaN becomes null; unknown types become their str())."""
-        return _orjson.dumps(obj, default=str, option=_orjson.OPT_NON_STR_KEYS).decode()
+        try:
+            return _orjson.dumps(obj, default=str, option=_orjson.OPT_NON_STR_KEYS).decode()
+        except TypeError:  # integers beyond 64 bits, exotic keys: the stdlib writes them
+            return json.dumps(obj, default=str, ensure_ascii=False, separators=(",", ":"))
 
 except ImportError:  # pragma: no cover - orjson is a dependency, but stay usable without it
 
