@@ -37,7 +37,9 @@ def _columns(first: dict[str, Any], metric_keys: list[str]) -> dict[str, str]:
         "doc_id": "VARCHAR",
         "doc": "JSON",
         "target": "VARCHAR",
-        "arguments": "MAP(VARCHAR, STRUCT(arg_0 VARCHAR, arg_1 VARCHAR))",
+        # multiple choice needs every request's continuation; generation only the first request's prompt
+        "arguments": ("MAP(VARCHAR, STRUCT(arg_0 VARCHAR, arg_1 VARCHAR))" if mc
+                      else "STRUCT(gen_args_0 STRUCT(arg_0 VARCHAR))"),
         "filtered_resps": "VARCHAR[][]" if mc else "VARCHAR[]",
         "filter": "VARCHAR",
         "doc_hash": "VARCHAR",
@@ -67,6 +69,7 @@ def _query(path: Path, first: dict[str, Any], metrics: list[str], primary: str) 
     where = f"WHERE coalesce(filter, 'none') = {_sql_str(primary)}"
     input_sql = "coalesce(map_values(arguments)[1].arg_0, '')"
     if not mc:
+        input_sql = "coalesce(arguments.gen_args_0.arg_0, '')"
         return (
             f"SELECT doc_id AS sample_id, {input_sql} AS input, target, filtered_resps[1] AS prediction, "
             f"NULL::DOUBLE[] AS logprobs, '{{\"doc_id\":' || {doc_id_json}{meta_tail} AS metadata"
@@ -116,6 +119,8 @@ def fast_batches(path: Path, first: dict[str, Any], metrics: list[str], names: l
     args = first.get("arguments")
     if not isinstance(args, dict) or not args or not all(isinstance(v, dict) for v in args.values()):
         raise FastPathUnavailable("arguments are not lm-eval 0.4.3+ objects")
+    if next(iter(args)) != "gen_args_0":
+        raise FastPathUnavailable("the first request is not gen_args_0")
     for m in metrics:
         v = first.get(m)
         if isinstance(v, (list, dict, str)):
