@@ -165,21 +165,30 @@ class _Sink:
         self.fresh: list[tuple[str, Result]] = []
         self.last = time.monotonic()
 
-    def add(self, sample: Sample, fresh: tuple[str, Result] | None = None) -> None:
+    def add(self, sample: Sample, fresh: tuple[str, Result] | None = None) -> bool:
+        """Buffer one sample; True when a flush is due."""
         self.samples.append(sample)
         if fresh is not None:
             self.fresh.append(fresh)
-        if len(self.samples) >= self.every or time.monotonic() - self.last > self.seconds:
-            self.flush()
+        return len(self.samples) >= self.every or time.monotonic() - self.last > self.seconds
 
     def flush(self) -> None:
+        samples, fresh = self.samples, self.fresh
+        self.samples, self.fresh = [], []
+        self._write(samples, fresh)
+
+    async def flush_async(self) -> None:
+        """Flush off the event loop, so in-flight API requests keep flowing while Parquet is written."""
+        samples, fresh = self.samples, self.fresh
+        self.samples, self.fresh = [], []
+        await asyncio.to_thread(self._write, samples, fresh)
+
+    def _write(self, samples: list[Sample], fresh: list[tuple[str, Result]]) -> None:
         # Cache first: a crash between the two only means the resumed run re-reads these from the cache.
-        if self.cache is not None and self.fresh:
-            self.cache.put_many(self.fresh)
-        self.fresh = []
-        if self.samples:
-            self.writer.write(self.samples)
-        self.samples = []
+        if self.cache is not None and fresh:
+            self.cache.put_many(fresh)
+        if samples:
+            self.writer.write(samples)
         self.last = time.monotonic()
 
 
@@ -272,7 +281,8 @@ async def _evaluate(ws: Workspace, backend: Backend, tasks: list[LoadedTask], op
             hits = cache.get_many(keys) if cache is not None else {}
             for doc, key in zip(todo, keys, strict=True):
                 if key in hits:
-                    sink.add(make_sample(run.run_id, task.spec, doc, hits[key], cached=True))
+                    if sink.add(make_sample(run.run_id, task.spec, doc, hits[key], cached=True)):
+                        sink.flush()
                     cache_hits += 1
                     progress.advance()
             missing = [i for i, key in enumerate(keys) if key not in hits]
@@ -283,7 +293,8 @@ async def _evaluate(ws: Workspace, backend: Backend, tasks: list[LoadedTask], op
                 async for j, res in backend.run([requests[i] for i in missing]):
                     i = missing[j]
                     model_calls += 1
-                    sink.add(make_sample(run.run_id, task.spec, todo[i], res, cached=False), (keys[i], res))
+                    if sink.add(make_sample(run.run_id, task.spec, todo[i], res, cached=False), (keys[i], res)):
+                        await sink.flush_async()
                     progress.advance()
             sink.flush()
     except BaseException as exc:

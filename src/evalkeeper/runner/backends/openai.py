@@ -26,6 +26,7 @@ import httpx
 
 from evalkeeper.core.errors import ConfigError, EvalkeeperError
 from evalkeeper.core.records import ModelInfo
+from evalkeeper.runner.backends._fasthttp import FastHTTP11Transport
 from evalkeeper.runner.backends.base import Backend, ChoiceRequest, GenerateRequest, Request, Result
 
 log = logging.getLogger(__name__)
@@ -119,9 +120,12 @@ class OpenAIBackend(Backend):
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         # TCP_NODELAY: httpx writes headers and body separately; with Nagle on, the body waits for the
         # server's delayed ACK (~40 ms per request on Linux), which caps throughput far below the server's.
-        transport = self._transport or httpx.AsyncHTTPTransport(
-            limits=limits, verify=self._ssl_context(),
-            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+        transport = self._transport
+        if transport is None and self.base_url.startswith("http://") and connections == 1:
+            transport = FastHTTP11Transport()
+        elif transport is None:
+            transport = httpx.AsyncHTTPTransport(limits=limits, verify=self._ssl_context(),
+                                                 socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
         return httpx.AsyncClient(base_url=self.base_url, headers=headers, transport=transport,
                                  timeout=httpx.Timeout(self.timeout, connect=min(10.0, self.timeout)))
 
