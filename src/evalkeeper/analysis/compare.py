@@ -62,13 +62,13 @@ class RunComparison(BaseModel):
 def paired_scores(
     ws: Any, run_a: str, run_b: str, task: str, metric: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
-    """(shared ids, a's scores, b's scores, n_a, n_b) for one task × metric, aligned by sample id."""
-    ids_a, va = ws.scores(run_a, task, metric)
-    ids_b, vb = ws.scores(run_b, task, metric)
-    shared, ia, ib = np.intersect1d(
-        np.asarray(ids_a, dtype=str), np.asarray(ids_b, dtype=str), assume_unique=True, return_indices=True
-    )
-    return shared, va[ia], vb[ib], int(len(ids_a)), int(len(ids_b))
+    """(shared ids, a's scores, b's scores, n_a, n_b) for one task × metric, aligned by sample id.
+
+    The join happens inside DuckDB (`Workspace.paired_scores`): intersecting a million string ids in numpy
+    took ~25 s, the join well under a second.
+    """
+    ids, va, vb, n_a, n_b = ws.paired_scores(run_a, run_b, task, metric)
+    return ids, va, vb, int(n_a), int(n_b)
 
 
 def _metrics_of(ws: Any, run: Run, task: str) -> list[str]:
