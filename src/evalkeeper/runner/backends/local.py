@@ -245,7 +245,17 @@ class TransformersBackend(Backend):
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         with torch.inference_mode():
-            out = self.model.generate(**enc, **kwargs)
+            try:
+                out = self.model.generate(**enc, **kwargs)
+            except ValueError:
+                # transformers' stop-string preprocessing fails on some vocabularies (word-level tokenizers,
+                # strings the vocab cannot spell): generate to max_new_tokens; stop strings are still cut below.
+                # Any other ValueError recurs on the retry and propagates.
+                if "stop_strings" not in kwargs:
+                    raise
+                kwargs.pop("stop_strings")
+                kwargs.pop("tokenizer")
+                out = self.model.generate(**enc, **kwargs)
         new = out[:, enc["input_ids"].shape[1]:]
         elapsed = (time.perf_counter() - t0) * 1000 / len(batch)
         eos = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
