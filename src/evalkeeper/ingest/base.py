@@ -193,6 +193,16 @@ def read_json_file(path: Path) -> Any:
         raise ImportFormatError("JSON nested too deeply", path=str(path)) from None
 
 
+def peek_json(path: Path, limit: int = 64 << 20) -> Any:
+    """Parse a JSON file for format detection: None when it is missing, too large, or not JSON."""
+    try:
+        if path.stat().st_size > limit:
+            return None
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
 def iter_files(path: Path, pattern: str) -> Iterator[Path]:
     """Files under folder `path` matching a glob, sorted, skipping unreadable entries."""
     try:

@@ -10,7 +10,6 @@ columns in current versions and flat, sometimes stringified, columns (`example`,
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import re
 from pathlib import Path
@@ -29,6 +28,7 @@ from evalkeeper.ingest.base import (
     as_float,
     as_object,
     fill_source_ci,
+    peek_json,
     read_json_file,
     validation_message,
 )
@@ -60,15 +60,6 @@ def _is_results_doc(data: Any) -> bool:
             and isinstance(data.get("config_general"), dict))
 
 
-def _peek_json(path: Path, limit: int = 64 << 20) -> Any:
-    try:
-        if path.stat().st_size > limit:
-            return None
-        return json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError):
-        return None
-
-
 def _is_details_parquet(path: Path) -> bool:
     try:
         names = set(pq.read_schema(path).names)
@@ -82,7 +73,7 @@ def find_results_files(path: Path) -> list[Path]:
     details/<model>/<date> folder (whose results file lives at results/<model>/results_<date>.json)."""
     if path.is_file():
         if path.suffix == ".json":
-            return [path] if _is_results_doc(_peek_json(path)) else []
+            return [path] if _is_results_doc(peek_json(path)) else []
         if path.suffix == ".parquet" and _is_details_parquet(path):
             return _results_for_details_dir(path.parent)
         return []
@@ -90,7 +81,7 @@ def find_results_files(path: Path) -> list[Path]:
         candidates = sorted(p for p in path.rglob("results_*.json") if p.is_file())
     except OSError:
         return []
-    found = [p for p in candidates if _is_results_doc(_peek_json(p))]
+    found = [p for p in candidates if _is_results_doc(peek_json(p))]
     if not found and any(_is_details_parquet(p) for p in sorted(path.glob("*.parquet"))[:3]):
         found = _results_for_details_dir(path)
     return found
@@ -104,7 +95,7 @@ def _results_for_details_dir(details_dir: Path) -> list[Path]:
     i = len(parts) - 1 - parts[::-1].index("details")
     model_rel = parts[i + 1 : -1]
     candidate = Path(*parts[:i], "results", *model_rel, f"results_{date}.json")
-    return [candidate] if candidate.is_file() and _is_results_doc(_peek_json(candidate)) else []
+    return [candidate] if candidate.is_file() and _is_results_doc(peek_json(candidate)) else []
 
 
 def details_dir_for(results_file: Path) -> Path | None:

@@ -9,7 +9,6 @@ Metric names: `acc` for the default filter `none`, `exact_match,strict-match` fo
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from evalkeeper.ingest.base import (
     as_object,
     fill_source_ci,
     loads_fast,
+    peek_json,
     read_json_file,
     validation_message,
 )
@@ -50,15 +50,6 @@ def _is_results_doc(data: Any) -> bool:
     return any("," in k for v in data["results"].values() if isinstance(v, dict) for k in v)
 
 
-def _peek_json(path: Path, limit: int = 64 << 20) -> Any:
-    try:
-        if path.stat().st_size > limit:
-            return None
-        return json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError):
-        return None
-
-
 def _is_samples_line(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
@@ -72,12 +63,12 @@ def _is_samples_line(path: Path) -> bool:
 def find_results_files(path: Path) -> list[Path]:
     """lm-eval results JSON files at `path` (a file, the output folder or a model subfolder), by content."""
     if path.is_file():
-        return [path] if path.suffix == ".json" and _is_results_doc(_peek_json(path)) else []
+        return [path] if path.suffix == ".json" and _is_results_doc(peek_json(path)) else []
     try:
         candidates = sorted(p for p in path.rglob("*.json") if p.is_file())
     except OSError:
         return []
-    return [p for p in candidates if _is_results_doc(_peek_json(p))]
+    return [p for p in candidates if _is_results_doc(peek_json(p))]
 
 
 class LmEvalImporter:
