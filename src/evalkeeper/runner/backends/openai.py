@@ -24,9 +24,10 @@ from typing import Any
 
 import httpx
 
+from evalkeeper import __version__
 from evalkeeper.core.errors import ConfigError, EvalkeeperError
 from evalkeeper.core.records import ModelInfo
-from evalkeeper.runner.backends._fasthttp import FastHTTP11Transport
+from evalkeeper.runner.backends._fasthttp import FastConnection, Reply
 from evalkeeper.runner.backends.base import Backend, ChoiceRequest, GenerateRequest, Request, Result
 
 log = logging.getLogger(__name__)
@@ -95,9 +96,12 @@ class OpenAIBackend(Backend):
         self._api_key = os.environ.get(api_key_env) or None
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
+        # Plain http without an injected transport: raw keep-alive connections (_fasthttp), no httpx models.
+        self._fast = transport is None and self.base_url.startswith("http://")
         # One single-connection client per worker: httpcore's shared pool rescans every connection for
         # every request (quadratic in --concurrency), which dominated CPU at 64 connections.
-        self._workers: list[httpx.AsyncClient] = []
+        self._workers: list[httpx.AsyncClient | FastConnection] = []
+        self._heads: dict[str, bytes] = {}
         self._ssl: ssl.SSLContext | None = None
         self._urls: dict[str, httpx.URL] = {}
         self._rng = random.Random()
@@ -121,9 +125,7 @@ class OpenAIBackend(Backend):
         # TCP_NODELAY: httpx writes headers and body separately; with Nagle on, the body waits for the
         # server's delayed ACK (~40 ms per request on Linux), which caps throughput far below the server's.
         transport = self._transport
-        if transport is None and self.base_url.startswith("http://") and connections == 1:
-            transport = FastHTTP11Transport()
-        elif transport is None:
+        if transport is None:
             transport = httpx.AsyncHTTPTransport(limits=limits, verify=self._ssl_context(),
                                                  socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
         return httpx.AsyncClient(base_url=self.base_url, headers=headers, transport=transport,
@@ -139,12 +141,41 @@ class OpenAIBackend(Backend):
                 self._ssl.load_verify_locations(certifi.where())
         return self._ssl
 
+    def _head(self, method: str, path: str) -> bytes:
+        """Fast path: the request line and fixed headers for `path`, built once (each ends in CRLF)."""
+        head = self._heads.get(method + path)
+        if head is None:
+            url = httpx.URL(self.base_url + path)
+            lines = [f"{method} {url.raw_path.decode('ascii')} HTTP/1.1", f"Host: {url.netloc.decode('ascii')}",
+                     "Accept: */*", "Accept-Encoding: identity", f"User-Agent: evalkeeper/{__version__}"]
+            if self._api_key:
+                lines.append(f"Authorization: Bearer {self._api_key}")
+            text = "".join(f"{line}\r\n" for line in lines)
+            try:
+                if any(c in (self._api_key or "") for c in "\r\n\0"):
+                    raise UnicodeEncodeError("latin-1", "", 0, 1, "control character")
+                head = self._heads[method + path] = text.encode("latin-1")
+            except UnicodeEncodeError:
+                raise ConfigError("the API key contains characters that cannot go into an HTTP header",
+                                  hint="check the variable named by --api-key-env") from None
+        return head
+
+    def _new_conn(self) -> FastConnection:
+        url = httpx.URL(self.base_url)
+        return FastConnection(url.host, url.port or 80)
+
     async def start(self) -> None:
-        if self._client is not None:
+        if self._client is not None or (self._fast and self._workers):
             return
-        self._client = self._new_client(1)
         try:  # fail fast and clearly when nothing listens there; any HTTP answer means "up"
-            await self._client.get("/models", timeout=min(10.0, self.timeout))
+            if self._fast:
+                conn = self._new_conn()
+                wait = min(10.0, self.timeout)
+                await conn.request(self._head("GET", "/models") + b"\r\n", wait, wait)
+                self._workers.append(conn)  # kept: the first worker's connection
+            else:
+                self._client = self._new_client(1)
+                await self._client.get("/models", timeout=min(10.0, self.timeout))
         except httpx.TransportError as exc:
             await self.close()
             raise EndpointError(f"cannot reach the endpoint {self.base_url}: {type(exc).__name__}: "
@@ -153,7 +184,9 @@ class OpenAIBackend(Backend):
 
     async def close(self) -> None:
         for client in [self._client, *self._workers]:
-            if client is not None:
+            if isinstance(client, FastConnection):
+                client.close()
+            elif client is not None:
                 await client.aclose()
         self._client = None
         self._workers = []
@@ -189,16 +222,24 @@ class OpenAIBackend(Backend):
         cap = min(self.backoff_max, self.backoff_base * float(2 ** attempt))
         return cap / 2 + self._rng.uniform(0, cap / 2)  # "equal jitter": never zero, never in lockstep
 
-    async def _post(self, client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], float]:
-        last = ""
+    async def _send(self, worker: httpx.AsyncClient | FastConnection, path: str,
+                    content: bytes) -> httpx.Response | Reply:
+        if isinstance(worker, FastConnection):
+            payload = b"".join((self._head("POST", path), b"Content-Type: application/json\r\nContent-Length: ",
+                                str(len(content)).encode(), b"\r\n\r\n", content))
+            return await worker.request(payload, self.timeout, min(10.0, self.timeout))
         url = self._urls.get(path) or self._urls.setdefault(path, httpx.URL(self.base_url + path))
+        return await worker.post(url, content=content, headers={"Content-Type": "application/json"})
+
+    async def _post(self, worker: httpx.AsyncClient | FastConnection, path: str,
+                    body: dict[str, Any]) -> tuple[dict[str, Any], float]:
+        last = ""
         content = json.dumps(body, ensure_ascii=False).encode()  # once, not once per attempt
-        headers = {"Content-Type": "application/json"}
         for attempt in range(self.max_retries + 1):
             retry_after = None
             t0 = time.perf_counter()
             try:
-                resp = await client.post(url, content=content, headers=headers)
+                resp = await self._send(worker, path, content)
             except httpx.TimeoutException:
                 last = f"timed out after {self.timeout:g}s"
             except httpx.TransportError as exc:
@@ -211,7 +252,7 @@ class OpenAIBackend(Backend):
                         if not isinstance(data, dict) or not data.get("choices"):
                             raise ValueError("no 'choices' in the response")
                         return data, latency
-                    except ValueError as exc:
+                    except (ValueError, httpx.DecodingError) as exc:
                         last = f"malformed response body ({exc}): {resp.text[:200]!r}"
                 elif resp.status_code == 429 or resp.status_code >= 500:
                     retry_after = parse_retry_after(resp.headers.get("retry-after"))
@@ -226,7 +267,7 @@ class OpenAIBackend(Backend):
         raise EndpointError(self._redact(f"POST {self.base_url}{path} failed after {self.max_retries + 1} "
                                          f"attempts; last error: {last}"))
 
-    async def _one(self, client: httpx.AsyncClient, r: Request) -> Result:
+    async def _one(self, client: httpx.AsyncClient | FastConnection, r: Request) -> Result:
         path, body = self._payload(r)
         self.stats["requests"] += 1
         data, latency = await self._post(client, path, body)
@@ -270,9 +311,9 @@ class OpenAIBackend(Backend):
 
         n_workers = min(self.concurrency, len(requests))
         while len(self._workers) < n_workers:
-            self._workers.append(self._new_client(1))
+            self._workers.append(self._new_conn() if self._fast else self._new_client(1))
 
-        async def worker(client: httpx.AsyncClient) -> None:
+        async def worker(client: httpx.AsyncClient | FastConnection) -> None:
             for i in it:
                 try:
                     queue.put_nowait((i, await self._one(client, requests[i])))
