@@ -105,3 +105,61 @@ def test_connect_error_maps_to_httpx() -> None:
         port = s.getsockname()[1]
     with pytest.raises(httpx.ConnectError):
         post(port, 1)
+
+
+def ask(port: int, n: int, timeout: float = 5.0) -> list[object]:
+    """Raw FastConnection requests (the openai backend's path); exceptions are returned, not raised."""
+    from evalkeeper.runner.backends._fasthttp import FastConnection
+
+    async def go() -> list[object]:
+        conn = FastConnection("127.0.0.1", port)
+        out: list[object] = []
+        for i in range(n):
+            body = b'{"i": %d}' % i
+            try:
+                out.append(await conn.request(b"POST /v1/x HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n%s"
+                                              % (len(body), body), timeout, timeout))
+            except Exception as exc:  # noqa: BLE001
+                out.append(exc)
+        conn.close()
+        return out
+
+    return asyncio.run(go())
+
+
+def test_gzip_no_content_and_read_to_close_bodies(serve) -> None:  # type: ignore[no-untyped-def]
+    import gzip
+
+    packed = gzip.compress(b'{"ok": 3}')
+    gz = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(packed), packed)
+    empty = b"HTTP/1.1 204 No Content\r\n\r\n"
+    to_close = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{\"ok\": 4}"
+    srv = serve([gz, empty, CHUNKED, OK])
+    replies = ask(srv.port, 4)
+    assert [r.status_code for r in replies] == [200, 204, 200, 200]  # type: ignore[attr-defined]
+    assert replies[0].json() == {"ok": 3} and replies[1].content == b""  # type: ignore[attr-defined]
+    assert replies[2].json() == {"ok": 2} and srv.connections == 1  # type: ignore[attr-defined]
+    closing = serve([to_close, OK], close_after_each=True)  # a body without length ends at the close
+    assert [r.json() for r in ask(closing.port, 2)] == [{"ok": 4}, {"ok": 1}]  # type: ignore[attr-defined]
+    assert closing.connections == 2
+    srv2 = serve([gz])  # and through the httpx adapter, httpx decodes the body itself
+    assert post(srv2.port, 1)[0].json() == {"ok": 3}
+
+
+def test_stray_bytes_mean_a_fresh_connection(serve) -> None:  # type: ignore[no-untyped-def]
+    stray = OK + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"  # an answer nobody asked for
+    srv = serve([stray, CHUNKED])
+    replies = ask(srv.port, 2)
+    assert [r.json() for r in replies] == [{"ok": 1}, {"ok": 2}]  # type: ignore[attr-defined]
+    assert srv.connections == 2
+
+
+def test_truncated_answer_is_a_protocol_error_not_a_silent_resend(serve) -> None:  # type: ignore[no-untyped-def]
+    cut = b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{\"ok\""
+    srv = serve([cut, OK], close_after_each=True)
+    first, second = ask(srv.port, 2)
+    assert isinstance(first, httpx.RemoteProtocolError) and "mid-response" in str(first)
+    assert second.json() == {"ok": 1}  # type: ignore[attr-defined]
+    garbled = serve([b"HTTP/1.1 abc\r\n\r\n"])
+    [bad] = ask(garbled.port, 1)
+    assert isinstance(bad, httpx.RemoteProtocolError) and "malformed" in str(bad)

@@ -103,3 +103,16 @@ def test_aggregate_skips_absent_and_single() -> None:
     a, b = out
     assert (a.metric, a.n, a.value) == ("a", 2, 0.5)
     assert (b.metric, b.n, b.stderr, b.ci_low) == ("b", 1, None, None)
+
+
+@pytest.mark.parametrize("vals", [[1.0, 0.0], [0.25, 0.5, 1.0], [0.0] * 7 + [1.0] * 3, [0.5] * 4,
+                                  list(np.random.default_rng(5).random(1001)),
+                                  list(np.random.default_rng(6).integers(0, 2, 137).astype(float))])
+def test_clt_is_bitwise_the_stats_package(vals: list[float]) -> None:
+    from evalkeeper.runner.metrics import _Z95, _clt
+    from evalkeeper.stats import clt_ci
+    from evalkeeper.stats._estimate import z_value
+
+    assert _Z95 == z_value(0.05)
+    est = clt_ci(vals)
+    assert _clt(vals) == (est.mean, est.se, est.ci_low, est.ci_high)

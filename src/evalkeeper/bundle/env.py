@@ -96,6 +96,30 @@ def _run(cmd: list[str], cwd: str | None = None, timeout: float = 2.0) -> str | 
     return out.stdout.decode("utf-8", "replace")
 
 
+def _run_all(cmds: list[tuple[list[str], float]], cwd: str | None = None) -> list[str | None]:
+    """`_run` for several (command, timeout) pairs started at once, so their wall times overlap."""
+    procs: list[subprocess.Popen[bytes] | None] = []
+    for cmd, _ in cmds:
+        try:
+            procs.append(subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        except (OSError, subprocess.SubprocessError):
+            procs.append(None)
+    out: list[str | None] = []
+    for proc, (_, timeout) in zip(procs, cmds, strict=True):
+        if proc is None:
+            out.append(None)
+            continue
+        try:
+            stdout, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            out.append(None)
+            continue
+        out.append(stdout.decode("utf-8", "replace") if proc.returncode == 0 else None)
+    return out
+
+
 def _read(path: str) -> str | None:
     try:
         return Path(path).read_text(encoding="utf-8", errors="replace")
@@ -320,14 +344,22 @@ def capture_git(repo_path: str | os.PathLike[str] | None = None) -> dict[str, An
     if not shutil.which("git"):
         return None
     cwd = str(repo_path or os.getcwd())
-    top = _run(["git", "rev-parse", "--show-toplevel"], cwd=cwd)
+    # All at once (a run waits for this before its first model call); outside a work tree they all fail fast.
+    top, commit_out, branch_out, status_out, diff_out, remote_out = _run_all([
+        (["git", "rev-parse", "--show-toplevel"], 2.0),
+        (["git", "rev-parse", "HEAD"], 2.0),
+        (["git", "rev-parse", "--abbrev-ref", "HEAD"], 2.0),
+        (["git", "status", "--porcelain", "--untracked-files=normal"], 2.0),
+        (["git", "diff", "HEAD", "--binary"], 5.0),
+        (["git", "config", "--get", "remote.origin.url"], 2.0),
+    ], cwd=cwd)
     if top is None:
         return None
-    commit = (_run(["git", "rev-parse", "HEAD"], cwd=cwd) or "").strip() or None
-    branch = (_run(["git", "rev-parse", "--abbrev-ref", "HEAD"], cwd=cwd) or "").strip() or None
-    status = _run(["git", "status", "--porcelain", "--untracked-files=normal"], cwd=cwd) or ""
-    diff = _run(["git", "diff", "HEAD", "--binary"], cwd=cwd, timeout=5.0) if commit else None
-    remote = (_run(["git", "config", "--get", "remote.origin.url"], cwd=cwd) or "").strip() or None
+    commit = (commit_out or "").strip() or None
+    branch = (branch_out or "").strip() or None
+    status = status_out or ""
+    diff = diff_out if commit else None
+    remote = (remote_out or "").strip() or None
     untracked = sorted(line[3:] for line in status.splitlines() if line.startswith("??"))
     return {
         "root": top.strip(),

@@ -9,8 +9,9 @@ from typing import Any
 from evalkeeper.core.errors import ConfigError, NotFoundError
 from evalkeeper.core.records import MetricResult, Run
 from evalkeeper.runner.backends import Backend, resolve_backend
-from evalkeeper.runner.loop import RunOptions, RunOutcome, evaluate, score_sample
+from evalkeeper.runner.loop import RunOptions, RunOutcome, evaluate
 from evalkeeper.runner.metrics import aggregate
+from evalkeeper.runner.rows import score_sample
 from evalkeeper.runner.tasks import (
     LoadedTask,
     TaskSpec,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +23,8 @@ from evalkeeper.core.ids import fingerprint, new_run_id
 from evalkeeper.core.records import MetricResult, Provenance, Run, Sample, utcnow
 from evalkeeper.runner.backends.base import Backend, ChoiceRequest, GenerateRequest, Request, Result, request_key
 from evalkeeper.runner.cache import ResponseCache
-from evalkeeper.runner.metrics import ScoredItem, aggregate, metric_keys, score_item
+from evalkeeper.runner.metrics import aggregate, metric_keys
+from evalkeeper.runner.rows import SCORES, Row, extract_answer, row_to_sample, rows_to_table, sample_row, score_sample
 from evalkeeper.runner.tasks import Doc, LoadedTask, TaskSpec, limit_docs
 from evalkeeper.store import Workspace
 from evalkeeper.store.samples import SampleWriter
@@ -70,42 +70,9 @@ def build_request(spec: TaskSpec, doc: Doc, opts: RunOptions) -> Request:
                            top_p=g.top_p, stop=tuple(g.stop), seed=opts.seed)
 
 
-def extract_answer(spec: TaskSpec, text: str | None) -> str | None:
-    """Apply the task's `answer_regex` (first match; group 1 when the pattern has a group)."""
-    if text is None or not spec.answer_regex:
-        return text
-    m = re.search(spec.answer_regex, text)
-    if not m:
-        return text
-    return m.group(1) if m.groups() else m.group(0)
-
-
-def score_sample(spec: TaskSpec, prediction: str | None, targets: list[str], choices: list[str] | None,
-                 gold: int | None, chosen: int | None, group: dict[str, str],
-                 metadata: dict[str, Any]) -> dict[str, float]:
-    item = ScoredItem(prediction=extract_answer(spec, prediction), targets=targets, choices=choices,
-                      gold_index=gold, chosen_index=chosen, group=group, metadata=metadata)
-    return score_item(item, spec.metrics)
-
-
 def make_sample(run_id: str, spec: TaskSpec, doc: Doc, res: Result, cached: bool) -> Sample:
-    meta: dict[str, Any] = dict(doc.metadata)
-    if len(doc.targets) > 1:
-        meta["targets"] = doc.targets
-    if doc.choices is not None:
-        meta.update(choices=doc.choices, gold_index=doc.gold_index, chosen_index=res.chosen_index)
-    if spec.answer_regex:
-        meta["extracted"] = extract_answer(spec, res.text)
-    if res.extra:
-        meta["backend"] = res.extra
-    if cached:
-        meta["cached"] = True
-    scores = score_sample(spec, res.text, doc.targets, doc.choices, doc.gold_index, res.chosen_index,
-                          doc.group, meta)
-    return Sample(run_id=run_id, task=spec.name, sample_id=doc.sample_id, input=doc.prompt,
-                  target=doc.targets[0], prediction=res.text, scores=scores, logprobs=res.choice_logprobs,
-                  group=doc.group, metadata=meta, latency_ms=res.latency_ms, tokens_in=res.tokens_in,
-                  tokens_out=res.tokens_out)
+    """The validated `Sample` for one answer (the loop itself stores rows: see runner/rows.py)."""
+    return row_to_sample(sample_row(run_id, spec, doc, res, cached))
 
 
 def config_fingerprint(backend: Backend, tasks: list[LoadedTask], selected: dict[str, list[Doc]],
@@ -147,48 +114,65 @@ def compute_metrics(ws: Workspace, run: Run) -> list[MetricResult]:
     for info in run.tasks:
         if not ws.sample_paths(run.run_id):
             break
-        t = ws.query_samples(run.run_id, task=info.name, columns=["scores"])
-        per_sample = [dict(s or []) for s in t.column("scores").to_pylist()]
-        out.extend(aggregate(run.run_id, info.name, info.metrics, per_sample))
+        out.extend(_stored_metrics(ws, run, info.name, info.metrics))
+    return out
+
+
+def _stored_metrics(ws: Workspace, run: Run, task: str, keys: list[str]) -> list[MetricResult]:
+    t = ws.query_samples(run.run_id, task=task, columns=["scores"])
+    return aggregate(run.run_id, task, keys, [dict(s or []) for s in t.column("scores").to_pylist()])
+
+
+def _final_metrics(ws: Workspace, run: Run, fresh: dict[str, list[dict[str, float]]],
+                   resumed_tasks: set[str]) -> list[MetricResult]:
+    """The same numbers as `compute_metrics`, without reading back what this invocation just wrote: a
+    task whose samples all came from this invocation is aggregated from the scores we stored; a task
+    with samples from an earlier, interrupted attempt is read back from storage."""
+    out: list[MetricResult] = []
+    for info in run.tasks:
+        if info.name in resumed_tasks:
+            out.extend(_stored_metrics(ws, run, info.name, info.metrics))
+        else:
+            out.extend(aggregate(run.run_id, info.name, info.metrics, fresh.get(info.name, [])))
     return out
 
 
 class _Sink:
-    """Buffers samples and fresh responses; writes a Parquet part (and cache rows) every N samples or T s."""
+    """Buffers sample rows and fresh responses; writes a Parquet part (and cache rows) every N samples or T s."""
 
     def __init__(self, writer: SampleWriter, cache: ResponseCache | None, opts: RunOptions) -> None:
         self.writer = writer
         self.cache = cache
         self.every = opts.flush_every
         self.seconds = opts.flush_seconds
-        self.samples: list[Sample] = []
+        self.rows: list[Row] = []
         self.fresh: list[tuple[str, Result]] = []
         self.last = time.monotonic()
 
-    def add(self, sample: Sample, fresh: tuple[str, Result] | None = None) -> bool:
+    def add(self, row: Row, fresh: tuple[str, Result] | None = None) -> bool:
         """Buffer one sample; True when a flush is due."""
-        self.samples.append(sample)
+        self.rows.append(row)
         if fresh is not None:
             self.fresh.append(fresh)
-        return len(self.samples) >= self.every or time.monotonic() - self.last > self.seconds
+        return len(self.rows) >= self.every or time.monotonic() - self.last > self.seconds
 
     def flush(self) -> None:
-        samples, fresh = self.samples, self.fresh
-        self.samples, self.fresh = [], []
-        self._write(samples, fresh)
+        rows, fresh = self.rows, self.fresh
+        self.rows, self.fresh = [], []
+        self._write(rows, fresh)
 
     async def flush_async(self) -> None:
         """Flush off the event loop, so in-flight API requests keep flowing while Parquet is written."""
-        samples, fresh = self.samples, self.fresh
-        self.samples, self.fresh = [], []
-        await asyncio.to_thread(self._write, samples, fresh)
+        rows, fresh = self.rows, self.fresh
+        self.rows, self.fresh = [], []
+        await asyncio.to_thread(self._write, rows, fresh)
 
-    def _write(self, samples: list[Sample], fresh: list[tuple[str, Result]]) -> None:
+    def _write(self, rows: list[Row], fresh: list[tuple[str, Result]]) -> None:
         # Cache first: a crash between the two only means the resumed run re-reads these from the cache.
         if self.cache is not None and fresh:
             self.cache.put_many(fresh)
-        if samples:
-            self.writer.write(samples)
+        if rows:
+            self.writer.write(rows_to_table(rows))
         self.last = time.monotonic()
 
 
@@ -265,35 +249,48 @@ async def _evaluate(ws: Workspace, backend: Backend, tasks: list[LoadedTask], op
         on_run(run)
     cache = ResponseCache(ws.home / "cache" / "responses.sqlite3") if opts.use_cache else None
     done = _done_ids(ws, run.run_id)
+    resumed_tasks = {name for name, _ in done}
     total = sum(len(d) for d in selected.values())
     progress = _Progress(opts.progress, total)
     model_calls = cache_hits = 0
     identity = backend.identity()
     writer = ws.sample_writer(run.run_id)
     sink = _Sink(writer, cache, opts)
+    fresh_scores: dict[str, list[dict[str, float]]] = {}
+    run_id = run.run_id
     try:
         for task in tasks:
-            docs = selected[task.spec.name]
-            todo = [d for d in docs if (task.spec.name, d.sample_id) not in done]
-            progress.task(task.spec.name, len(docs), len(docs) - len(todo))
-            requests = [build_request(task.spec, d, opts) for d in todo]
-            keys = [request_key(identity, r) for r in requests]
-            hits = cache.get_many(keys) if cache is not None else {}
-            for doc, key in zip(todo, keys, strict=True):
-                if key in hits:
-                    if sink.add(make_sample(run.run_id, task.spec, doc, hits[key], cached=True)):
-                        sink.flush()
-                    cache_hits += 1
-                    progress.advance()
-            missing = [i for i, key in enumerate(keys) if key not in hits]
+            spec = task.spec
+            docs = selected[spec.name]
+            todo = [d for d in docs if (spec.name, d.sample_id) not in done] if done else docs
+            scores = fresh_scores.setdefault(spec.name, [])
+            progress.task(spec.name, len(docs), len(docs) - len(todo))
+            requests = [build_request(spec, d, opts) for d in todo]
+            keys: list[str] | None = None
+            missing = list(range(len(todo)))
+            if cache is not None:  # keys are only needed to read and fill the cache
+                keys = [request_key(identity, r) for r in requests]
+                hits = cache.get_many(keys)
+                for doc, key in zip(todo, keys, strict=True):
+                    if key in hits:
+                        row = sample_row(run_id, spec, doc, hits[key], cached=True)
+                        scores.append(row[SCORES])
+                        if sink.add(row):
+                            sink.flush()
+                        cache_hits += 1
+                        progress.advance()
+                missing = [i for i, key in enumerate(keys) if key not in hits]
             if missing:
-                progress.note(f"{task.spec.name} (starting model)")
+                progress.note(f"{spec.name} (starting model)")
                 await backend.start()
-                progress.note(task.spec.name)
-                async for j, res in backend.run([requests[i] for i in missing]):
+                progress.note(spec.name)
+                asked = requests if len(missing) == len(requests) else [requests[i] for i in missing]
+                async for j, res in backend.run(asked):
                     i = missing[j]
                     model_calls += 1
-                    if sink.add(make_sample(run.run_id, task.spec, todo[i], res, cached=False), (keys[i], res)):
+                    row = sample_row(run_id, spec, todo[i], res, cached=False)
+                    scores.append(row[SCORES])
+                    if sink.add(row, (keys[i], res) if keys is not None else None):
                         await sink.flush_async()
                     progress.advance()
             sink.flush()
@@ -311,11 +308,11 @@ async def _evaluate(ws: Workspace, backend: Backend, tasks: list[LoadedTask], op
             cache.close()
         await backend.close()
     progress.close()
-    metrics = compute_metrics(ws, run)
     n = ws.count_samples(run.run_id) if ws.sample_paths(run.run_id) else 0
     if n != total:
         raise ConfigError(f"run {run.run_id} has {n} stored samples, expected {total}",
                           hint="the samples folder was changed while the run was going; re-run the command")
+    metrics = _final_metrics(ws, run, fresh_scores, resumed_tasks)
     labels = {k: v for k, v in run.labels.items() if k != "error"}
     run = run.model_copy(update={"status": "complete", "finished_at": utcnow(), "n_samples": n, "labels": labels})
     ws.store.save_run(run, metrics)  # run + metrics in one transaction: "complete" implies metrics exist
@@ -334,4 +331,5 @@ def evaluate(ws: Workspace, backend: Backend, tasks: list[LoadedTask], opts: Run
     return asyncio.run(_evaluate(ws, backend, tasks, opts or RunOptions(), on_run))
 
 
-__all__ = ["RunOptions", "RunOutcome", "evaluate", "compute_metrics", "metric_keys"]
+__all__ = ["RunOptions", "RunOutcome", "compute_metrics", "evaluate", "extract_answer", "make_sample", "metric_keys",
+           "score_sample"]

@@ -1,9 +1,11 @@
 """A small OpenAI-compatible HTTP server on loopback, for tests, benchmarks and offline dry runs.
 
-It speaks just enough HTTP/1.1 (keep-alive, Content-Length bodies) over asyncio streams to answer
+It speaks just enough HTTP/1.1 (keep-alive, Content-Length bodies) as an asyncio Protocol to answer
 `/v1/chat/completions`, `/v1/completions` and `/v1/models`, after a configurable delay. Faults can be
 scripted (429 with Retry-After, 500, slow answers, malformed JSON) to exercise the client's retries.
-It runs in a background thread: `with LoopbackOpenAI(delay=0.05) as srv: srv.base_url`.
+It runs in a background thread: `with LoopbackOpenAI(delay=0.05) as srv: srv.base_url`. A Protocol
+(callbacks and one timer per request, no stream reader or task per connection) keeps the server's
+own CPU cost small, so in the throughput benchmark the client is what gets measured.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 Fault = tuple[str, float]  # ("429", retry_after) | ("500", 0) | ("slow", seconds) | ("garbage", 0)
+_REASONS = {200: "OK", 400: "Bad Request", 429: "Too Many Requests", 500: "Internal Server Error"}
 
 
 @dataclass
@@ -29,10 +32,15 @@ class ServerStats:
     bodies: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _wants_letter(body: dict[str, Any]) -> bool:
+    """Whether the prompt is a letter-choice prompt (the backend appends 'Answer with the letter ...')."""
+    texts = [body.get("prompt")] + [m.get("content") for m in body.get("messages") or [] if isinstance(m, dict)]
+    return any(isinstance(t, str) and "Answer with the letter" in t for t in texts)
+
+
 def default_answer(path: str, body: dict[str, Any]) -> dict[str, Any]:
     """Answer '42' (or letter 'B' with logprobs for letter prompts), in the shape the endpoint uses."""
-    wants_letter = "Answer with the letter" in json.dumps(body)
-    text = "B" if wants_letter else "42"
+    text = "B" if _wants_letter(body) else "42"
     usage = {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}
     if path.endswith("/chat/completions"):
         choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
@@ -49,6 +57,65 @@ def default_answer(path: str, body: dict[str, Any]) -> dict[str, Any]:
             "usage": usage}
 
 
+class _Connection(asyncio.Protocol):
+    """One client connection: parses requests as bytes arrive and answers them one at a time, in order."""
+
+    def __init__(self, server: LoopbackOpenAI) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.busy = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.server._connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.server._connections.discard(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if not self.busy:
+            self.next_request()
+
+    def next_request(self) -> None:
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        try:
+            lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
+            method, path, _ = lines[0].split(" ", 2)
+            headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+            size = int(headers.get("content-length", "0") or 0)
+        except ValueError:
+            self.close()
+            return
+        if len(self.buf) < end + 4 + size:
+            return
+        raw = bytes(self.buf[end + 4:end + 4 + size])
+        del self.buf[:end + 4 + size]
+        self.busy = True
+        self.server._request(self, method, path, headers, raw)
+
+    def reply(self, status: int, payload: bytes, extra: dict[str, str] | None = None) -> None:
+        self.busy = False
+        if self.transport is None or self.transport.is_closing():
+            return
+        hdrs = "".join(f"{k}: {v}\r\n" for k, v in (extra or {}).items())
+        self.transport.write(f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: application/json\r\n"
+                             f"Content-Length: {len(payload)}\r\n{hdrs}\r\n".encode() + payload)
+        if self.buf:
+            self.next_request()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
 class LoopbackOpenAI:
     def __init__(self, delay: float = 0.0, faults: list[Fault] | None = None,
                  answer: Callable[[str, dict[str, Any]], dict[str, Any]] = default_answer) -> None:
@@ -61,86 +128,62 @@ class LoopbackOpenAI:
         self._server: asyncio.AbstractServer | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self._connections: set[_Connection] = set()
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                method, path, _ = lines[0].split(" ", 2)
-                headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
-                raw = await reader.readexactly(int(headers.get("content-length", "0") or 0))
-                keep = await self._respond(method, path, headers, raw, writer)
-                if not keep:
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, asyncio.CancelledError):
-            pass
-        finally:
-            try:
-                writer.close()
-            except RuntimeError:  # loop already shutting down
-                pass
-
-    async def _respond(self, method: str, path: str, headers: dict[str, str], raw: bytes,
-                       writer: asyncio.StreamWriter) -> bool:
+    def _request(self, conn: _Connection, method: str, path: str, headers: dict[str, str], raw: bytes) -> None:
         st = self.stats
         if method == "GET":
-            self._write(writer, 200, json.dumps({"object": "list", "data": [{"id": "loopback"}]}).encode())
-            return True
+            conn.reply(200, json.dumps({"object": "list", "data": [{"id": "loopback"}]}).encode())
+            return
         st.requests += 1
         st.in_flight += 1
         st.max_in_flight = max(st.max_in_flight, st.in_flight)
         st.auth_headers.append(headers.get("authorization", ""))
         try:
             body = json.loads(raw or b"{}")
-            st.bodies.append(body)
-            fault = self.faults.popleft() if self.faults else None
-            if fault and fault[0] == "slow":
-                await asyncio.sleep(fault[1])
-            elif self.delay:
-                await asyncio.sleep(self.delay)
-            if fault and fault[0] == "429":
-                self._write(writer, 429, b'{"error": "rate limited"}', {"Retry-After": f"{fault[1]:g}"})
-            elif fault and fault[0] == "500":
-                self._write(writer, 500, b'{"error": "internal"}')
-            elif fault and fault[0] == "garbage":
-                self._write(writer, 200, b'{"choices": [ this is not json')
-            elif fault and fault[0] == "400":
-                self._write(writer, 400, b'{"error": "bad request"}')
-            else:
-                self._write(writer, 200, json.dumps(self.answer(path, body)).encode())
-            await writer.drain()
-        finally:
-            st.in_flight -= 1
-        return True
+        except ValueError:
+            body = {}
+        st.bodies.append(body)
+        fault = self.faults.popleft() if self.faults else None
+        wait = fault[1] if fault and fault[0] == "slow" else self.delay
+        assert self._loop is not None
+        if wait:
+            self._loop.call_later(wait, self._answer, conn, path, body, fault)
+        else:
+            self._answer(conn, path, body, fault)
 
-    @staticmethod
-    def _write(writer: asyncio.StreamWriter, status: int, payload: bytes, extra: dict[str, str] | None = None) -> None:
-        reason = {200: "OK", 400: "Bad Request", 429: "Too Many Requests", 500: "Internal Server Error"}[status]
-        hdrs = "".join(f"{k}: {v}\r\n" for k, v in (extra or {}).items())
-        writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: "
-                     f"{len(payload)}\r\n{hdrs}\r\n".encode() + payload)
+    def _answer(self, conn: _Connection, path: str, body: dict[str, Any], fault: Fault | None) -> None:
+        try:
+            if fault and fault[0] == "429":
+                conn.reply(429, b'{"error": "rate limited"}', {"Retry-After": f"{fault[1]:g}"})
+            elif fault and fault[0] == "500":
+                conn.reply(500, b'{"error": "internal"}')
+            elif fault and fault[0] == "garbage":
+                conn.reply(200, b'{"choices": [ this is not json')
+            elif fault and fault[0] == "400":
+                conn.reply(400, b'{"error": "bad request"}')
+            else:
+                conn.reply(200, json.dumps(self.answer(path, body)).encode())
+        finally:
+            self.stats.in_flight -= 1
 
     def _serve(self) -> None:
         loop = asyncio.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
-        self._server = loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=1024))
+        self._server = loop.run_until_complete(
+            loop.create_server(lambda: _Connection(self), "127.0.0.1", 0, backlog=1024))
         self.port = self._server.sockets[0].getsockname()[1]
         self._ready.set()
         loop.run_forever()
         self._server.close()
-        pending = asyncio.all_tasks(loop)
-        for task in pending:
-            task.cancel()
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        for conn in list(self._connections):
+            conn.close()
+        loop.run_until_complete(asyncio.sleep(0))  # let the transports close
         loop.close()
 
     def __enter__(self) -> LoopbackOpenAI:

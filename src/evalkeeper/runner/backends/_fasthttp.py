@@ -72,7 +72,7 @@ class _Stale(Exception):
 
 def _dechunk(buf: bytearray, pos: int) -> tuple[bytes, int] | None:
     """Decode a complete chunked body starting at `pos`: (body, end offset), or None while incomplete."""
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         eol = buf.find(b"\r\n", pos)
         if eol < 0:
