@@ -76,3 +76,29 @@ def test_evaluate_few_items_end_to_end(workspace: Workspace, smollm2: Transforme
             assert all(math.isfinite(v) and v < 0 for v in row["logprobs"])
     again = evaluate(workspace, smollm2, tasks, RunOptions(limit=3, progress=False))
     assert again.model_calls == 0 and [m.value for m in again.metrics] == [m.value for m in out.metrics]
+
+
+def test_shared_prompt_head_is_computed_once_with_the_same_answers(
+        smollm2: TransformersBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    from evalkeeper.runner.backends import local
+
+    head = "Q: What is 12 + 7?\nA: 19\n\nQ: What is 3 * 9?\nA: 27\n\nQ: What is 40 - 11?\nA: 29\n\n"
+    reqs = [GenerateRequest(prompt=f"{head}Q: What is {a} + {b}?\nA:", max_new_tokens=5, stop=("\n",), chat=False)
+            for a, b in ((2, 3), (14, 25), (7, 1), (30, 12))]
+    before = smollm2.prefix_tokens_saved
+    cached = smollm2._generate(reqs)
+    saved = smollm2.prefix_tokens_saved - before
+    assert saved >= 3 * 30  # the three-shot head (>30 tokens) is computed for one row, not four
+    monkeypatch.setattr(local, "MIN_PREFIX", 10**9)  # plain left-padded batch, no shared prefix
+    plain = smollm2._generate(reqs)
+    assert smollm2.prefix_tokens_saved - before == saved
+    assert [r.text for r in cached] == [r.text for r in plain] and all(r.text for r in cached)
+    assert [r.tokens_in for r in cached] == [r.tokens_in for r in plain]
+    choice = [ChoiceRequest(prompt=f"{head}Q: What is {a} + 1?\nA:", choices=(str(a + 1), str(a + 2)), chat=False)
+              for a in (5, 9, 20)]
+    monkeypatch.setattr(local, "MIN_PREFIX", 8)
+    with_prefix = smollm2._choose(choice)
+    monkeypatch.setattr(local, "MIN_PREFIX", 10**9)
+    without = smollm2._choose(choice)
+    for a, b in zip(with_prefix, without, strict=True):
+        assert a.choice_logprobs == pytest.approx(b.choice_logprobs, abs=1e-3) and a.chosen_index == b.chosen_index

@@ -163,6 +163,24 @@ def test_fewshot_is_seeded_and_excludes_self(tmp_path: Path) -> None:
     assert [d.prompt for d in a.docs] != [d.prompt for d in c.docs]
 
 
+def test_fixed_fewshot_gives_every_item_the_same_shots_but_never_itself(tmp_path: Path) -> None:
+    body = BASIC + "n_shot: 2\nfewshot_seed: 5\nfewshot_sampling: fixed\nfewshot_separator: \"\\n\"\n"
+    a = load_task(write_task(tmp_path, body, ROWS))
+    heads = [tuple(d.prompt.split("\n")[:2]) for d in a.docs]
+    common = max(set(heads), key=heads.count)
+    assert heads.count(common) == len(ROWS) - 2  # the two shot items get a replacement for themselves
+    for d, head in zip(a.docs, heads, strict=True):
+        own = d.prompt.split("\n")[-1]
+        assert own.startswith("Q: ") and not any(h.startswith(own) for h in head)
+        if head != common:
+            assert len(set(head) & set(common)) == 1  # the other shot is kept
+    b = load_task(write_task(tmp_path, body, list(reversed(ROWS))))
+    assert {d.sample_id: d.prompt for d in b.docs} == {d.sample_id: d.prompt for d in a.docs}
+    per_item = load_task(write_task(tmp_path, body.replace("fewshot_sampling: fixed\n", ""), ROWS))
+    assert per_item.prompt_fingerprint != a.prompt_fingerprint
+    assert len({tuple(d.prompt.split("\n")[:2]) for d in per_item.docs}) > 2
+
+
 def test_arithmetic_generator_is_seeded_and_correct() -> None:
     rows = arithmetic(n=60, seed=9)
     assert rows == arithmetic(n=60, seed=9) and rows != arithmetic(n=60, seed=10)

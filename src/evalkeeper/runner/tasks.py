@@ -56,6 +56,9 @@ class TaskSpec(BaseModel):
     answer_regex: str | None = None
     n_shot: int = Field(default=0, ge=0)
     fewshot_seed: int = 1234
+    # per_item: each item draws its own shots (lm-eval style); fixed: one seeded set for every item
+    # (HELM style; the shared prompt head is then computed once per batch by local models)
+    fewshot_sampling: Literal["per_item", "fixed"] = "per_item"
     fewshot_separator: str = "\n\n"
     fewshot_target: str | None = None  # template for a shot's answer; default: the target text
     generation: GenerationSpec = Field(default_factory=lambda: GenerationSpec())
@@ -291,23 +294,31 @@ def load_task(ref: str | Path, search_dirs: list[Path] | None = None) -> LoadedT
     docs = [d for _, d in rendered]
     prompt_fp = fingerprint({"prompt": spec.prompt, "system": spec.system_prompt, "chat": spec.chat,
                              "n_shot": spec.n_shot, "fewshot_seed": spec.fewshot_seed,
+                             **({"fewshot_sampling": spec.fewshot_sampling}
+                                if spec.fewshot_sampling != "per_item" else {}),
                              "fewshot_separator": spec.fewshot_separator, "fewshot_target": shot_src})
     return LoadedTask(spec=spec, docs=docs, source=source, dataset_fingerprint=fingerprint(rows),
                       prompt_fingerprint=prompt_fp)
 
 
 def _add_fewshot(spec: TaskSpec, rendered: list[tuple[str, Doc]]) -> None:
-    """Prefix each doc with n_shot other items, chosen by a RNG seeded from (fewshot_seed, sample_id).
+    """Prefix each doc with n_shot other items from the pool sorted by sample id.
 
-    Seeding per doc keeps a doc's shots the same whatever `--limit` is or how the rows are ordered.
+    per_item: an RNG seeded from (fewshot_seed, sample_id) picks each doc's shots, so a doc's shots stay
+    the same whatever `--limit` is or how the rows are ordered. fixed: one RNG seeded from fewshot_seed
+    orders the pool once; every doc takes the first n_shot of that order that are not itself.
     """
     if spec.n_shot >= len(rendered):
         raise ConfigError(f"n_shot={spec.n_shot} needs more than {len(rendered)} rows")
     base = [(d.prompt, shot) for shot, d in rendered]
+    by_id = sorted(range(len(rendered)), key=lambda j: rendered[j][1].sample_id)
+    fixed = random.Random(f"{spec.fewshot_seed}:fixed").sample(by_id, spec.n_shot + 1)
     for i, (_, doc) in enumerate(rendered):
-        rng = random.Random(f"{spec.fewshot_seed}:{doc.sample_id}")
-        pool = sorted((j for j in range(len(base)) if j != i), key=lambda j: rendered[j][1].sample_id)
-        picks = rng.sample(pool, spec.n_shot)
+        if spec.fewshot_sampling == "fixed":
+            picks = [j for j in fixed if j != i][:spec.n_shot]
+        else:
+            rng = random.Random(f"{spec.fewshot_seed}:{doc.sample_id}")
+            picks = rng.sample([j for j in by_id if j != i], spec.n_shot)
         shots = [f"{base[j][0]} {base[j][1]}" for j in picks]
         doc.prompt = spec.fewshot_separator.join([*shots, base[i][0]])
 

@@ -5,11 +5,19 @@ converted float weights and tokenizer are cached once in the user cache dir (`EV
 overrides it), keyed by the GGUF's sha256 and written atomically (temp dir + rename). Every later
 start loads the plain transformers folder. Generation is batched with left padding; multiple choice
 is the summed log-likelihood of each choice's tokens after the prompt, computed in batches.
+
+Prefix caching: on a CPU the cost is almost exactly the number of prompt tokens pushed through the
+model, and prompts in a batch usually share a long head (the chat template's system prompt, a fixed
+set of few-shot examples). The longest common token prefix of a batch is run once, its KV cache is
+copied to every row, and only the rest of each prompt is computed. Rows are laid out as
+`[prefix][padding][own tokens]` with the padding masked out and positions counted from the mask,
+so results match the plain computation up to float rounding.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import importlib.util
 import json
 import logging
@@ -30,6 +38,7 @@ from evalkeeper.runner.backends.base import Backend, ChoiceRequest, GenerateRequ
 log = logging.getLogger(__name__)
 SMOLLM2_NAME = "SmolLM2-135M-Instruct"
 _MARKER = "evalkeeper-converted.json"
+MIN_PREFIX = 8  # shorter shared heads are not worth a separate pass
 
 
 def cache_dir() -> Path:
@@ -138,6 +147,9 @@ class TransformersBackend(Backend):
         self.model: Any = None
         self.tokenizer: Any = None
         self.load_seconds: float | None = None
+        self._prefixes: dict[tuple[int, ...], Any] = {}  # token prefix -> its KV cache (batch of one)
+        self._stoppers: dict[tuple[str, ...], Any] = {}  # stop strings -> StopStringCriteria (or None)
+        self.prefix_tokens_saved = 0  # prompt tokens not recomputed thanks to shared prefixes
 
     @classmethod
     def smollm2(cls, batch_size: int = 16) -> TransformersBackend:
@@ -227,75 +239,132 @@ class TransformersBackend(Backend):
             for i, res in zip(idx, results, strict=True):
                 yield i, res
 
+    def _shared_prefix(self, rows: list[list[int]]) -> int:
+        """Length of the batch's common token prefix, if worth caching; every row keeps >= 1 own token."""
+        if len(rows) < 2:
+            return 0
+        first, limit = rows[0], min(len(r) for r in rows) - 1
+        n = 0
+        while n < limit and all(r[n] == first[n] for r in rows):
+            n += 1
+        return n if n >= MIN_PREFIX else 0
+
+    def _prefix_cache(self, prefix: list[int], batch: int) -> Any:
+        """A fresh KV cache holding `prefix` for `batch` rows (the prefix itself is computed once)."""
+        import torch
+
+        key = tuple(prefix)
+        base = self._prefixes.get(key)
+        if base is None:
+            with torch.inference_mode():
+                base = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True,
+                                  logits_to_keep=1).past_key_values
+            while len(self._prefixes) >= 8:
+                self._prefixes.pop(next(iter(self._prefixes)))
+            self._prefixes[key] = base
+        cache = copy.deepcopy(base)
+        cache.batch_repeat_interleave(batch)
+        self.prefix_tokens_saved += len(prefix) * (batch - 1)
+        return cache
+
+    def _layout(self, rows: list[list[int]], shared: int) -> tuple[Any, Any]:
+        """Token ids and attention mask as `[shared prefix][padding][own tokens]` (plain left padding if 0)."""
+        import torch
+
+        pad = self.tokenizer.pad_token_id
+        width = max(len(r) for r in rows) - shared
+        ids = [r[:shared] + [pad] * (width - len(r) + shared) + r[shared:] for r in rows]
+        mask = [[1] * shared + [0] * (width - len(r) + shared) + [1] * (len(r) - shared) for r in rows]
+        return torch.tensor(ids, device=self.device), torch.tensor(mask, device=self.device)
+
+    def _stopper(self, stop: tuple[str, ...]) -> Any:
+        """transformers' StopStringCriteria for `stop`, built once per backend (building it scans the whole
+        vocabulary: ~1 s per `generate` call for SmolLM2 if left to transformers).
+
+        It cannot be built for some vocabularies (word-level tokenizers, strings the vocab cannot spell):
+        then None, generation runs to max_new_tokens and stop strings are still cut from the text.
+        """
+        if not stop:
+            return None
+        if stop not in self._stoppers:
+            from transformers import StopStringCriteria
+
+            try:
+                self._stoppers[stop] = StopStringCriteria(tokenizer=self.tokenizer, stop_strings=list(stop))
+            except ValueError:
+                self._stoppers[stop] = None
+        return self._stoppers[stop]
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        tok = self.tokenizer
+        return [ids or [tok.eos_token_id] for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+
     def _generate(self, batch: list[GenerateRequest]) -> list[Result]:
         import torch
 
         t0 = time.perf_counter()
         first = batch[0]
-        texts = [self._format(r.prompt, r.system, r.chat) for r in batch]
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        rows = self._encode([self._format(r.prompt, r.system, r.chat) for r in batch])
+        shared = self._shared_prefix(rows)
+        ids, mask = self._layout(rows, shared)
         sampling = first.temperature > 0
         kwargs: dict[str, Any] = {"max_new_tokens": first.max_new_tokens, "do_sample": sampling,
                                   "pad_token_id": self.tokenizer.pad_token_id}
-        if first.stop:  # end each row at its stop string, and the batch once every row has stopped
-            kwargs.update(stop_strings=list(first.stop), tokenizer=self.tokenizer)
+        stopper = self._stopper(first.stop)
+        if stopper is not None:  # end each row at its stop string, and the batch once every row has stopped
+            kwargs["stopping_criteria"] = [stopper]
         if sampling:
-            torch.manual_seed(first.seed)
             kwargs.update(temperature=first.temperature, top_p=first.top_p)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
+
+        def generate() -> Any:
+            if sampling:
+                torch.manual_seed(first.seed)
+            cache = self._prefix_cache(rows[0][:shared], len(rows)) if shared else None
+            return self.model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, **kwargs)
+
         with torch.inference_mode():
-            try:
-                out = self.model.generate(**enc, **kwargs)
-            except ValueError:
-                # transformers' stop-string preprocessing fails on some vocabularies (word-level tokenizers,
-                # strings the vocab cannot spell): generate to max_new_tokens; stop strings are still cut below.
-                # Any other ValueError recurs on the retry and propagates.
-                if "stop_strings" not in kwargs:
-                    raise
-                kwargs.pop("stop_strings")
-                kwargs.pop("tokenizer")
-                out = self.model.generate(**enc, **kwargs)
-        new = out[:, enc["input_ids"].shape[1]:]
+            out = generate()
+        new = out[:, ids.shape[1]:]
         elapsed = (time.perf_counter() - t0) * 1000 / len(batch)
         eos = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
         results = []
-        for row, r, mask in zip(new.tolist(), batch, enc["attention_mask"].tolist(), strict=True):
+        for row, r, prompt in zip(new.tolist(), batch, rows, strict=True):
             n_out = next((k for k, t in enumerate(row) if t in eos), len(row))
             text = self.tokenizer.decode(row[:n_out], skip_special_tokens=True)
             for s in r.stop:
                 if s and s in text:
                     text = text[:text.index(s)]
-            results.append(Result(text=text.strip(), tokens_in=int(sum(mask)), tokens_out=n_out,
-                                  latency_ms=elapsed))
+            results.append(Result(text=text.strip(), tokens_in=len(prompt), tokens_out=n_out, latency_ms=elapsed))
         return results
 
     def _choose(self, batch: list[ChoiceRequest]) -> list[Result]:
         """Summed log-probability of each choice's tokens after the prompt; the argmax is the answer.
 
         The prompt is encoded once per request; its KV cache is then shared by all of that request's
-        choices (`batch_select_indices`), so a 4-way question costs one prompt pass, not four.
+        choices (`batch_select_indices`), so a 4-way question costs one prompt pass, not four; the
+        batch's common prompt head is computed once for all rows (see the module docstring).
         """
         import torch
 
         t0 = time.perf_counter()
         tok = self.tokenizer
         pad = tok.pad_token_id
-        ctxs: list[list[int]] = []
+        texts = [self._format(r.prompt, r.system, r.chat) for r in batch]
+        ctxs = self._encode(texts)
         conts: list[tuple[int, list[int]]] = []  # (request index, continuation ids)
-        for k, r in enumerate(batch):
-            ctx_text = self._format(r.prompt, r.system, r.chat)
-            ctxs.append(tok(ctx_text, add_special_tokens=False)["input_ids"] or [tok.eos_token_id])
+        for k, (r, ctx_text) in enumerate(zip(batch, texts, strict=True)):
             sep = "" if ctx_text.endswith(("\n", " ")) else " "
             for c in r.choices:
                 conts.append((k, tok(sep + c, add_special_tokens=False)["input_ids"] or [tok.eos_token_id]))
-        width = max(len(c) for c in ctxs)
-        ids = torch.tensor([[pad] * (width - len(c)) + c for c in ctxs], device=self.device)
-        mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in ctxs], device=self.device)
+        shared = self._shared_prefix(ctxs)
+        ids, mask = self._layout(ctxs, shared)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.inference_mode():
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                             logits_to_keep=1)
+            prefix = self._prefix_cache(ctxs[0][:shared], len(ctxs)) if shared else None
+            out = self.model(input_ids=ids[:, shared:], attention_mask=mask, position_ids=pos[:, shared:],
+                             past_key_values=prefix, use_cache=True, logits_to_keep=1)
             first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # next-token dist after each prompt
             totals = [float(first[k, cont[0]]) for k, cont in conts]
             longest = max(len(c) for _, c in conts)
