@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +62,16 @@ def run_evaluation(ws: Workspace, model: str | Backend, *, tasks: list[str] | No
                    suite: str | None = None, options: RunOptions | None = None,
                    backend_options: dict[str, Any] | None = None) -> RunOutcome:
     """Validate tasks and model first (nothing is stored on bad input), then run and store."""
+    t0 = time.perf_counter()
     opts = options or RunOptions()
     loaded = apply_limits(load_selection(tasks, suite, ws), opts.seed)
     backend = model if isinstance(model, Backend) else resolve_backend(model, **(backend_options or {}))
     if suite and "suite" not in opts.labels:
         opts.labels = {**opts.labels, "suite": suite}
-    return evaluate(ws, backend, loaded, opts)
+    load = time.perf_counter() - t0
+    outcome = evaluate(ws, backend, loaded, opts)
+    outcome.timings = {"load": load, **outcome.timings}
+    return outcome
 
 
 def quickstart(ws: Workspace, model: str | Backend = "smollm2", options: RunOptions | None = None) -> RunOutcome:
