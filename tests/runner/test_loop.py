@@ -118,6 +118,7 @@ def test_limit_and_rescore(workspace: Workspace, tmp_path: Path) -> None:
     out = run_evaluation(workspace, FakeBackend(responder=oracle()), tasks=[str(path)],
                          options=RunOptions(**OPTS, limit=12))
     assert out.run.n_samples == 12 and out.run.tasks[0].n_samples == 12
+    assert list(out.timings) == ["load", "prepare", "answer", "finish"] and min(out.timings.values()) >= 0
     before = {m.metric: m.value for m in workspace.get_metrics(out.run.run_id)}
     fresh = rescore(workspace, out.run.run_id)
     assert {m.metric: m.value for m in fresh} == pytest.approx(before)

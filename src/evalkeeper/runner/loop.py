@@ -24,7 +24,7 @@ from evalkeeper.core.ids import fingerprint, new_run_id
 from evalkeeper.core.records import MetricResult, Provenance, Run, Sample, utcnow
 from evalkeeper.runner.backends.base import Backend, ChoiceRequest, GenerateRequest, Request, Result, request_key
 from evalkeeper.runner.cache import ResponseCache
-from evalkeeper.runner.metrics import aggregate, metric_keys
+from evalkeeper.runner.metrics import ScoreColumns, aggregate, aggregate_columns, metric_keys
 from evalkeeper.runner.rows import SCORES, Row, extract_answer, row_to_sample, rows_to_table, sample_row, score_sample
 from evalkeeper.runner.tasks import Doc, LoadedTask, TaskSpec, limit_docs
 from evalkeeper.store import Workspace
@@ -153,7 +153,7 @@ def _stored_metrics(ws: Workspace, run: Run, task: str, keys: list[str]) -> list
     return aggregate(run.run_id, task, keys, [dict(s or []) for s in t.column("scores").to_pylist()])
 
 
-def _final_metrics(ws: Workspace, run: Run, fresh: dict[str, list[dict[str, float]]],
+def _final_metrics(ws: Workspace, run: Run, fresh: dict[str, ScoreColumns],
                    resumed_tasks: set[str]) -> list[MetricResult]:
     """The same numbers as `compute_metrics`, without reading back what this invocation just wrote: a
     task whose samples all came from this invocation is aggregated from the scores we stored; a task
@@ -163,7 +163,7 @@ def _final_metrics(ws: Workspace, run: Run, fresh: dict[str, list[dict[str, floa
         if info.name in resumed_tasks:
             out.extend(_stored_metrics(ws, run, info.name, info.metrics))
         else:
-            out.extend(aggregate(run.run_id, info.name, info.metrics, fresh.get(info.name, [])))
+            out.extend(aggregate_columns(run.run_id, info.name, fresh[info.name]))
     return out
 
 
@@ -286,7 +286,7 @@ async def _evaluate(ws: Workspace, backend: Backend, tasks: list[LoadedTask], op
     identity = backend.identity()
     writer = ws.sample_writer(run.run_id)
     sink = _Sink(writer, cache, opts)
-    fresh_scores: dict[str, list[dict[str, float]]] = {}
+    fresh_scores = {info.name: ScoreColumns(info.metrics) for info in run.tasks}  # the keys compute_metrics uses
     run_id = run.run_id
     t_answer = time.perf_counter()
     try:
@@ -294,7 +294,7 @@ async def _evaluate(ws: Workspace, backend: Backend, tasks: list[LoadedTask], op
             spec = task.spec
             docs = selected[spec.name]
             todo = [d for d in docs if (spec.name, d.sample_id) not in done] if done else docs
-            scores = fresh_scores.setdefault(spec.name, [])
+            scores = fresh_scores[spec.name]
             progress.task(spec.name, len(docs), len(docs) - len(todo))
             requests = _Requests(spec, todo, opts)
             keys: list[str] | None = None
@@ -305,7 +305,7 @@ async def _evaluate(ws: Workspace, backend: Backend, tasks: list[LoadedTask], op
                 for doc, key in zip(todo, keys, strict=True):
                     if key in hits:
                         row = sample_row(run_id, spec, doc, hits[key], cached=True)
-                        scores.append(row[SCORES])
+                        scores.add(row[SCORES])
                         if sink.add(row):
                             sink.flush()
                         cache_hits += 1
@@ -320,7 +320,7 @@ async def _evaluate(ws: Workspace, backend: Backend, tasks: list[LoadedTask], op
                     i = missing[j]
                     model_calls += 1
                     row = sample_row(run_id, spec, todo[i], res, cached=False)
-                    scores.append(row[SCORES])
+                    scores.add(row[SCORES])
                     if sink.add(row, (keys[i], res) if keys is not None else None):
                         await sink.flush_async()
                     progress.advance()

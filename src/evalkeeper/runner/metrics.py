@@ -13,8 +13,9 @@ import math
 import re
 import string
 import unicodedata
+from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -204,7 +205,7 @@ def metric_keys(metric_names: Iterable[str]) -> list[str]:
 _Z95 = 1.959963984540054
 
 
-def _clt(values: list[float]) -> tuple[float, float | None, float | None, float | None]:
+def _clt(values: Sequence[float]) -> tuple[float, float | None, float | None, float | None]:
     """Mean, CLT SE and 95% CI exactly as evalkeeper.stats.clt_ci computes them (SE, CI None below two
     values). The inputs are finite already (`aggregate` drops the rest)."""
     import numpy as np
@@ -220,18 +221,34 @@ def _clt(values: list[float]) -> tuple[float, float | None, float | None, float 
     return mean, se, mean - half, mean + half
 
 
+class ScoreColumns:
+    """Per-sample scores gathered per metric key, as `aggregate` uses them: finite values only, 8 bytes each
+    (the loop keeps these for its final metrics instead of every sample's score map)."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self.keys = list(keys)
+        self.columns: dict[str, array[float]] = {k: array("d") for k in self.keys}
+
+    def add(self, scores: Mapping[str, float]) -> None:
+        for k in self.keys:
+            v = scores.get(k)
+            if v is not None and math.isfinite(v):
+                self.columns[k].append(float(v))
+
+
 def aggregate(run_id: str, task: str, keys: list[str], per_sample: Iterable[Mapping[str, float]]) -> list[
         MetricResult]:
     """Aggregate per-sample score maps into one MetricResult per key (over samples that carry it)."""
-    columns: dict[str, list[float]] = {k: [] for k in keys}
+    columns = ScoreColumns(keys)
     for scores in per_sample:
-        for k in keys:
-            v = scores.get(k)
-            if v is not None and math.isfinite(v):
-                columns[k].append(float(v))
+        columns.add(scores)
+    return aggregate_columns(run_id, task, columns)
+
+
+def aggregate_columns(run_id: str, task: str, columns: ScoreColumns) -> list[MetricResult]:
     results = []
-    for k in keys:
-        vals = columns[k]
+    for k in columns.keys:
+        vals = columns.columns[k]
         if not vals:
             continue
         mean, se, lo, hi = _clt(vals)
