@@ -378,9 +378,11 @@ class TransformersBackend(Backend):
                 full_mask = torch.cat([mask[index], cont_mask], dim=1)
                 lengths = torch.tensor([len(ctxs[k]) for k, _ in conts], device=self.device)
                 cpos = lengths[:, None] + torch.arange(longest, device=self.device)[None, :]
+                # position t predicts token t+1: the last position's logits are never needed
+                keep = torch.arange(longest - 1, device=self.device)
                 logits = self.model(input_ids=cont_ids, attention_mask=full_mask, position_ids=cpos,
-                                    past_key_values=cache, use_cache=False).logits.float()
-                logp = torch.log_softmax(logits[:, :-1, :], dim=-1)  # position t predicts token t+1
+                                    past_key_values=cache, use_cache=False, logits_to_keep=keep).logits.float()
+                logp = torch.log_softmax(logits, dim=-1)
                 for row, (_, cont) in enumerate(conts):
                     if len(cont) > 1:
                         nxt = torch.tensor(cont[1:], device=self.device)
