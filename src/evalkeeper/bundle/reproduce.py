@@ -108,23 +108,11 @@ def compare_task(
     a, b = va[ia], vb[ib]
     keep = ~(np.isnan(a) | np.isnan(b))
     a, b = a[keep], b[keep]
-    mean_a = float(va.mean()) if va.size else None
-    mean_b = float(vb.mean()) if vb.size else None
+    counts = (task, metric, int(va.size), int(vb.size), int(a.size),
+              float(va.mean()) if va.size else None, float(vb.mean()) if vb.size else None)
     if a.size < 2:
-        return TaskComparison(
-            task,
-            metric,
-            int(va.size),
-            int(vb.size),
-            int(a.size),
-            mean_a,
-            mean_b,
-            None,
-            None,
-            None,
-            None,
-            "no shared samples" if a.size == 0 else "inconclusive",
-        )
+        return TaskComparison(*counts, None, None, None, None,
+                              "no shared samples" if a.size == 0 else "inconclusive")
     r = tost_equivalence(a, b, margin, alpha)
     if r.equivalent:
         verdict = "equivalent"
@@ -132,20 +120,8 @@ def compare_task(
         verdict = "different"
     else:
         verdict = "inconclusive"
-    return TaskComparison(
-        task,
-        metric,
-        int(va.size),
-        int(vb.size),
-        int(a.size),
-        mean_a,
-        mean_b,
-        _finite(r.mean_diff),
-        _finite(r.ci_low),
-        _finite(r.ci_high),
-        _finite(r.p_value),
-        verdict,
-    )
+    return TaskComparison(*counts, _finite(r.mean_diff), _finite(r.ci_low), _finite(r.ci_high),
+                          _finite(r.p_value), verdict)
 
 
 def compare_runs(
