@@ -200,17 +200,28 @@ def test_slices_and_group_keys_agree_between_index_and_parquet(dash: Dash, task:
     assert fast.group_attributes(run) == slow.group_attributes(run)
 
 
-@pytest.mark.parametrize("limit", [0, 5, 1_000_000])  # 0 and 5: the vectorized scan takes over
-@pytest.mark.parametrize("needle", ["question 1", "ANSWER 11", "<IMG SRC", "f arith", "1", "é", "zzz-none", "arithquestion"])  # last: spans two rows
+@pytest.mark.parametrize(("verify", "find"), [(0, 0), (0, 5), (0, 1_000_000), (1_000_000, 0)])
+@pytest.mark.parametrize("needle", ["question 1", "ANSWER 11", "<IMG SRC", "f arith", "1", "é", "zzz-none",
+                                    "arithquestion", "onerror=alert('XSS", "n 1"])  # arithquestion: spans two rows
 def test_index_search_matches_brute_force(dash: Dash, monkeypatch: pytest.MonkeyPatch, needle: str,
-                                          limit: int) -> None:
-    import evalkeeper.server._index as index_module
+                                          verify: int, find: int) -> None:
+    """Every search strategy (trigram candidates, bytes.find over the text, vectorized scan) finds exactly
+    the rows a case-insensitive substring test finds."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    monkeypatch.setattr(index_module, "FIND_LOOP_LIMIT", limit)
+    import evalkeeper.store.sample_index as index_module
+
+    monkeypatch.setattr(index_module, "VERIFY_LIMIT", verify)
+    monkeypatch.setattr(index_module, "FIND_LOOP_LIMIT", find)
     run = dash.ws.get_run("run-b-candidate")
-    idx = index_module.ExplorerIndex().get(run, dash.ws.sample_paths(run.run_id))
+    assert dash.ws.sample_index(run) is not None
+    idx = index_module.SampleIndex.open(dash.ws.run_dir(run.run_id) / ".sample-index")  # no cached masks
+    assert idx is not None
     got = idx.search(needle)
-    texts = idx.table.select(["input", "prediction", "target"]).to_pylist()
+    assert got is not None
+    parts = dash.ws.sample_paths(run.run_id)
+    texts = pa.concat_tables([pq.read_table(p, columns=["input", "prediction", "target"]) for p in parts]).to_pylist()
     want = [any(needle.lower() in (row[c] or "").lower() for c in row) for row in texts]
     assert got.tolist() == want
 
@@ -227,7 +238,8 @@ def test_running_and_empty_runs(tmp_path) -> None:  # type: ignore[no-untyped-de
                    tasks=tasks), [], [])
     svc = DashboardService(ws)
     assert svc.samples("run-live", ExplorerQuery(score_min=1)).total == 5
-    assert svc.index._indexes == {}  # never indexed while running
+    assert ws.sample_index("run-live") is None  # never indexed while running
+    assert not (ws.run_dir("run-live") / ".sample-index").exists()
     with TestClient(create_app(ws), base_url="http://127.0.0.1") as c:
         assert c.get("/api/runs/run-empty/samples").json()["total"] == 0
         assert c.get("/runs/run-empty/samples").status_code == 200

@@ -9,19 +9,18 @@ from __future__ import annotations
 import json
 import math
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from statistics import NormalDist
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from evalkeeper.core.errors import EvalkeeperError, NotFoundError
 from evalkeeper.core.records import MetricResult, Run
 from evalkeeper.server._env import environment_summary
-from evalkeeper.server._index import ExplorerIndex, RunIndex
-from evalkeeper.server._sql import LIST_TEXT_LIMIT, ROW_COLUMNS, ExplorerQuery
+from evalkeeper.server._sql import ExplorerQuery
 from evalkeeper.server.schemas import (
     ComparisonOut,
     MetricOut,
@@ -35,6 +34,8 @@ from evalkeeper.server.schemas import (
     SliceRow,
     TaskOut,
 )
+from evalkeeper.store.index_build import primary_metrics
+from evalkeeper.store.sample_index import SampleIndex
 
 _COUNT_CACHE_SIZE = 1024
 REPORT_FORMATS = ("html", "md", "json", "pdf")
@@ -56,14 +57,33 @@ def metric_out(m: MetricResult) -> MetricOut:
 
 
 class DashboardService:
-    """Read-only views of one workspace for the dashboard."""
+    """Read-only views of one workspace for the dashboard.
+
+    Finished runs are answered from the workspace's sample index (`Workspace.sample_index`, built once
+    per run and kept on disk); runs still being written, and `use_index=False`, query Parquet with DuckDB.
+    """
 
     def __init__(self, ws: Any, use_index: bool = True) -> None:
         self.ws = ws
         self.use_index = use_index
-        self.index = ExplorerIndex()
         self._counts: OrderedDict[tuple[Any, ...], int] = OrderedDict()
         self._lock = threading.Lock()
+        self._warmed: weakref.WeakSet[SampleIndex] = weakref.WeakSet()
+
+    def prebuild(self) -> threading.Thread:
+        """Build and warm the sample indexes of finished runs in the background, newest first, so the
+        first click on a run does not wait for its index."""
+        def work() -> None:
+            for summary in self.all_runs():
+                try:
+                    run = self.get_run(summary.run_id)
+                    self._index_for(run)
+                except Exception:  # noqa: BLE001 - a run deleted meanwhile, a damaged part: built on demand
+                    continue
+
+        thread = threading.Thread(target=work, daemon=True, name="evalkeeper-index")
+        thread.start()
+        return thread
 
     # ---- runs -----------------------------------------------------------------------------------
     def get_run(self, ref: str) -> Run:
@@ -150,14 +170,14 @@ class DashboardService:
         return list(table.to_pylist())
 
     def samples(self, ref: str, q: ExplorerQuery) -> SamplePage:
-        """One page plus the filter's total. Finished runs without text search use the in-memory index."""
+        """One page plus the filter's total, from the sample index when the run has one."""
         q.validate()
         run = self.get_run(ref)
         if q.task and run.task(q.task) is None:
             raise NotFoundError(f"run {run.run_id} has no task {q.task!r}")
         rows: list[SampleRow] = []
         total = 0
-        page = self._indexed_page(run, q) if run.n_samples and self.use_index and run.status != "running" else None
+        page = self._indexed_page(run, q) if run.n_samples else None
         if page is not None:
             total, rows = page
         elif run.n_samples:
@@ -171,23 +191,19 @@ class DashboardService:
                           query=SampleQueryOut(**q.__dict__), rows=rows)
 
     def _indexed_page(self, run: Run, q: ExplorerQuery) -> tuple[int, list[SampleRow]] | None:
-        """The page from the in-memory index; None when the index cannot answer (search without texts)."""
+        """The page from the sample index; None when there is none or it cannot search this needle."""
         idx = self._index_for(run)
-        assert idx is not None
-        search = (q.search or "").strip() or None
-        if search and not idx.has_text:
+        if idx is None:
             return None
-        mask = self.index.mask(idx, task=q.task, metric=q.metric, score_min=q.score_min, score_max=q.score_max,
-                               group=q.group, group_value=q.group_value, search=search)
-        total = idx.n_rows if mask is None else int(mask.sum())
-        positions = self.index.page(idx, mask, q.sort, q.metric, q.order == "desc", q.offset, q.page_size)
-        rows = []
-        for pos, r in zip(positions, self.index.rows(idx, positions, ROW_COLUMNS), strict=True):
-            if idx.has_text:
-                r = _cut_texts(r)
-            s = idx.score[pos]
-            rows.append(self._row({**r, "score": None if np.isnan(s) else float(s)}))
-        return total, rows
+        primary = primary_metrics(run)
+        ok, mask = idx.mask(primary=primary, task=q.task, metric=q.metric, score_min=q.score_min,
+                            score_max=q.score_max, group=q.group, group_value=q.group_value,
+                            search=(q.search or "").strip() or None)
+        if not ok:
+            return None
+        order = idx.order(q.sort, q.metric, q.order == "desc", primary)
+        total, positions = idx.page(mask, order, q.offset, q.page_size)
+        return total, [self._row(r) for r in idx.listing(positions, primary)]
 
     def _count(self, run: Run, sql: str, params: list[Any],
                run_sql: Callable[[str, list[Any]], list[dict[str, Any]]]) -> int:
@@ -266,10 +282,19 @@ class DashboardService:
         )
 
     # ---- slices ---------------------------------------------------------------------------------
-    def _index_for(self, run: Run) -> RunIndex | None:
-        if self.use_index and run.status != "running" and run.n_samples:
-            return self.index.get(run, self.ws.sample_paths(run.run_id))
-        return None
+    def _index_for(self, run: Run) -> SampleIndex | None:
+        """The run's sample index (built on first use); the first time it is opened here its pages are
+        read in the background, so early queries do not wait on page faults."""
+        if not self.use_index:
+            return None
+        idx: SampleIndex | None = self.ws.sample_index(run)
+        if idx is not None and idx not in self._warmed:
+            with self._lock:
+                fresh = idx not in self._warmed
+                self._warmed.add(idx)
+            if fresh:
+                threading.Thread(target=idx.warm, daemon=True, name="evalkeeper-warm").start()
+        return idx
 
     def group_attributes(self, run: Run) -> dict[str, list[str]]:
         """Group attribute names per task (from the index, or one aggregate query over the Parquet)."""
@@ -354,18 +379,6 @@ class DashboardService:
             max_flip_ids=max_flip_ids,
         )
         return ComparisonOut(run_a=self.summary(run_a), run_b=self.summary(run_b), comparison=result)
-
-
-def _cut_texts(row: dict[str, Any]) -> dict[str, Any]:
-    """Listing rows carry at most LIST_TEXT_LIMIT characters per text, like the SQL path's left(...)."""
-    truncated = False
-    for name in ("input", "target", "prediction"):
-        text = row.get(name)
-        if text is not None and len(text) > LIST_TEXT_LIMIT:
-            row[name] = text[:LIST_TEXT_LIMIT]
-            truncated = True
-    row["truncated"] = truncated
-    return row
 
 
 def _slice_row(value: str, agg: dict[str, Any]) -> SliceRow:

@@ -10,6 +10,7 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from evalkeeper.core.errors import EvalkeeperError
 from evalkeeper.core.records import Run
@@ -113,6 +114,36 @@ class SampleQuery:
             page = f" LIMIT {int(limit)} OFFSET {int(offset)}"
         sql = f"SELECT {cols} FROM {rel} AS s{filt}{order}{page}"
         return self._run(sql, params, where)
+
+    def rows_at(self, run: Run, parts: list[Path], located: list[tuple[int, np.ndarray, np.ndarray]], n: int,
+                columns: list[str] | None = None) -> pa.Table:
+        """Rows by position, in page order: `located` holds (part number, rows in the part, places in the
+        page). Only the row groups holding them are read; DuckDB adds `score` and picks `columns`, so the
+        result has the same columns and types as `select`."""
+        pieces = []
+        for part_no, rows, places in located:
+            pf = pq.ParquetFile(parts[part_no])
+            md = pf.metadata
+            starts = np.cumsum([0] + [md.row_group(i).num_rows for i in range(md.num_row_groups)])
+            groups = np.searchsorted(starts, rows, side="right") - 1
+            needed = np.unique(groups)
+            table = pf.read_row_groups(needed.tolist())
+            before = np.concatenate([[0], np.cumsum(starts[needed + 1] - starts[needed])[:-1]])
+            local = rows - starts[groups] + before[np.searchsorted(needed, groups)]
+            pieces.append(table.take(pa.array(local, pa.int64())).append_column("__pos", pa.array(places, pa.int64())))
+        if not pieces:
+            pieces.append(pq.read_schema(parts[0]).empty_table().append_column("__pos", pa.array([], pa.int64())))
+        rows_table = pa.concat_tables(pieces, promote_options="permissive").sort_by("__pos").drop_columns(["__pos"])
+        cols = "*" if not columns else ", ".join(f'"{c}"' for c in columns)
+        cur = self.cursor()
+        try:
+            cur.register("__rows", rows_table)
+            return cur.sql(f"SELECT {cols} FROM (SELECT *, {score_expression(run)} AS score FROM __rows) AS s"
+                           ).to_arrow_table()
+        except duckdb.Error as exc:
+            raise EvalkeeperError(f"sample query failed: {str(exc).splitlines()[0]}") from None
+        finally:
+            cur.close()
 
     def count(self, run: Run, parts: list[Path], *, task: str | None = None, where: str | None = None,
               search: str | None = None) -> int:

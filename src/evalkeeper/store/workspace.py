@@ -6,6 +6,8 @@ import os
 import re
 import shutil
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -15,11 +17,15 @@ import pyarrow as pa
 
 from evalkeeper.core.errors import EvalkeeperError, NotFoundError
 from evalkeeper.core.records import Decision, MetricResult, Run, Sample
+from evalkeeper.store.index_build import INDEX_DIR, build_index, part_signature, primary_metrics
 from evalkeeper.store.query import SampleQuery
+from evalkeeper.store.sample_index import SORTS, SampleIndex
 from evalkeeper.store.samples import SampleWriter, sample_parts
 from evalkeeper.store.sql import SqlStore
 
 _SAFE_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
+AUTO_INDEX_ROWS = 20_000  # query_samples builds a missing sample index for runs at least this large
+OPEN_INDEXES = 4  # sample indexes kept open per workspace
 
 
 def default_home() -> Path:
@@ -53,6 +59,9 @@ class Workspace:
         url = db_url or os.environ.get("EVALKEEPER_DB_URL") or f"sqlite:///{self.home / 'evalkeeper.db'}"
         self.store = SqlStore(url)
         self._query = SampleQuery()
+        self._indexes: OrderedDict[str, SampleIndex] = OrderedDict()
+        self._index_lock = threading.Lock()
+        self._build_locks: dict[str, threading.Lock] = {}
 
     # paths ------------------------------------------------------------------
     def run_dir(self, run_id: str) -> Path:
@@ -157,16 +166,83 @@ class Workspace:
         run = self.get_run(run_id)
         return run, self.sample_paths(run.run_id)
 
+    def sample_index(self, run: Run | str, build: bool | None = True) -> SampleIndex | None:
+        """The run's sample index (memory-mapped, see `store.index_build`), built on first use.
+
+        None for runs still being written, runs without samples, and when the index is missing and
+        `build` is False (None: build only for runs of at least AUTO_INDEX_ROWS samples) or cannot be
+        written; callers then query the Parquet parts with DuckDB.
+        """
+        run = run if isinstance(run, Run) else self.get_run(run)
+        if run.status == "running" or not run.n_samples:
+            return None
+        parts = self.sample_paths(run.run_id)
+        if not parts:
+            return None
+        signature = part_signature(parts)
+        with self._index_lock:
+            found = self._indexes.get(run.run_id)
+            if found is not None and found.signature == signature:
+                self._indexes.move_to_end(run.run_id)
+                return found
+            build_lock = self._build_locks.setdefault(run.run_id, threading.Lock())
+        folder = self.run_dir(run.run_id) / INDEX_DIR
+        with build_lock:  # concurrent first requests build once
+            index = SampleIndex.open(folder)
+            if index is None or index.signature != signature:
+                if not (build or (build is None and run.n_samples >= AUTO_INDEX_ROWS)):
+                    return None
+                try:
+                    build_index(run, parts, folder)
+                except OSError:  # a read-only workspace: DuckDB over Parquet still answers
+                    return None
+                index = SampleIndex.open(folder)
+                if index is None or index.signature != signature:
+                    return None
+            with self._index_lock:
+                self._indexes[run.run_id] = index
+                while len(self._indexes) > OPEN_INDEXES:
+                    self._indexes.popitem(last=False)
+            return index
+
+    def build_sample_index(self, run_id: str) -> SampleIndex | None:
+        """Build (or refresh) a finished run's sample index now, e.g. right after an import."""
+        return self.sample_index(run_id, build=True)
+
+    def _indexed(self, run: Run, task: str | None, where: str | None, search: str | None,
+                 order_by: str | None) -> tuple[SampleIndex, Any] | None:
+        """(index, row mask or None) when the sample index can answer this query without DuckDB."""
+        if where is not None or (order_by is not None and order_by not in SORTS):
+            return None
+        index = self.sample_index(run, build=None)
+        if index is None:
+            return None
+        ok, mask = index.mask(primary=primary_metrics(run), task=task or None, search=search or None)
+        return (index, mask) if ok else None
+
     def query_samples(self, run_id: str, task: str | None = None, where: str | None = None,
                       search: str | None = None, order_by: str | None = None, descending: bool = False,
                       limit: int | None = None, offset: int = 0, columns: list[str] | None = None) -> pa.Table:
+        """Sample rows (all columns plus `score` unless `columns`), filtered, sorted by `order_by` then
+        (task, sample_id, epoch), paged. Pages without `where` come from the sample index."""
         run, parts = self._run_and_parts(run_id)
+        found = self._indexed(run, task, where, search, order_by) if limit is not None else None
+        if found is not None and limit is not None:
+            index, mask = found
+            order = index.order(order_by or "task", None, descending and order_by is not None,
+                                primary_metrics(run))
+            _, positions = index.page(mask, order, max(0, int(offset)), max(0, int(limit)))
+            return self._query.rows_at(run, parts, index.locate(positions), positions.size, columns)
         return self._query.select(run, parts, task=task, where=where, search=search, order_by=order_by,
                                   descending=descending, limit=limit, offset=offset, columns=columns)
 
     def count_samples(self, run_id: str, task: str | None = None, where: str | None = None,
                       search: str | None = None) -> int:
         run, parts = self._run_and_parts(run_id)
+        found = self._indexed(run, task, where, search, None)
+        if found is not None:
+            index, mask = found
+            return index.n if mask is None else int(np.count_nonzero(mask))
         return self._query.count(run, parts, task=task, where=where, search=search)
 
     def scores(self, run_id: str, task: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
