@@ -1,21 +1,37 @@
-"""Sample-explorer latency over a 1,000,000-sample run, through the real HTTP API; and HTML report time.
+"""Sample-explorer latency over a 1,000,000-sample run, through the real HTTP API; the CLI query path; report time.
 
     .venv/bin/python benchmarks/explorer_speed.py [--samples 1000000] [--queries 200] [--seed 0]
+        [--index import|first-request] [--workdir DIR [--reuse]] [--cli-queries 8] [--no-report]
 
-Writes a synthetic run (4 tasks, two metrics, two group attributes, ~120-character inputs) into a temp
-workspace, starts uvicorn on a free loopback port, sends filtered / sorted / paginated / text-searched
-queries with httpx, and prints p50/p95 latency (target p95 < 150 ms), the same split into "cold" (first
-time a filter is seen: the total count is computed) and "warm" (paging a filter seen before: the count
-comes from the cache), and the time to render the HTML report for the run (target < 10 s).
+Writes a synthetic run (4 tasks, two metrics, two group attributes, ~120-character inputs) into a workspace
+(a temp folder, or --workdir; --reuse keeps a run written there before, since writing 1M samples takes
+~45 s). Then:
+
+1. the run's sample index (`Workspace.build_sample_index`, persisted next to the Parquet parts) is built in
+   a subprocess that reports its wall/CPU time and peak RSS (--index import: "paid at import time"); with
+   --index first-request the index is deleted and the server's first request on the run builds it;
+2. a dashboard server (uvicorn on loopback) starts in its own process; the benchmark times the first
+   request on the run, then sends filtered / sorted / paginated / text-searched queries with httpx and
+   prints p50/p95 latency (target p95 < 150 ms), split into "cold" (first time a filter is seen) and
+   "warm" (paging a filter seen before), the server's CPU time, and its RSS (VmRSS / VmHWM, target < 2 GB);
+3. `Workspace.count_samples` + `query_samples` (what `evalkeeper samples` runs) for a few filters, through
+   the index and through DuckDB over Parquet;
+4. the time to render the HTML report for the run (target < 10 s).
+
+Wall-clock numbers on a shared machine are noisy: the load average is printed before and after.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +41,7 @@ import pyarrow as pa
 
 from evalkeeper.core.records import MetricResult, ModelInfo, Provenance, Run, TaskInfo
 from evalkeeper.store import SAMPLE_SCHEMA, open_workspace
+from evalkeeper.store.index_build import INDEX_DIR
 
 TASKS = ("arith", "mmlu_mini", "qa", "summarize")
 WORDS = np.array("alpha beta gamma delta apple river stone cloud seven orange violet paris tokyo lima "
@@ -126,55 +143,105 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(app: Any) -> tuple[Any, threading.Thread, str]:
-    import uvicorn
+SERVER = """
+import sys, uvicorn
+from evalkeeper.server import create_app
+from evalkeeper.store import open_workspace
+uvicorn.run(create_app(open_workspace(sys.argv[1])), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+"""
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        if time.time() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    return server, thread, f"http://127.0.0.1:{port}"
+BUILD = """
+import json, resource, sys, time
+from evalkeeper.store import open_workspace
+ws = open_workspace(sys.argv[1])
+t, c = time.perf_counter(), time.process_time()
+ws.build_sample_index(sys.argv[2])
+print(json.dumps({"wall": time.perf_counter() - t, "cpu": time.process_time() - c,
+                  "hwm_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def proc_mem(pid: int) -> dict[str, float]:
+    """VmRSS / VmHWM of a process in MiB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=1_000_000)
-    ap.add_argument("--queries", type=int, default=200)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-report", action="store_true", help="skip the HTML report timing")
-    args = ap.parse_args()
+def load() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
+
+def get_workspace(args: argparse.Namespace, tmp: str) -> tuple[Any, Run]:
+    home = Path(args.workdir or tmp) / "ws"
+    if args.workdir and not args.reuse and home.exists():
+        shutil.rmtree(home)
+    ws = open_workspace(home)
+    run_id = f"bench-{args.seed}-{args.samples}"
+    if args.reuse and ws.store.run_exists(run_id):
+        run = ws.get_run(run_id)
+        print(f"reusing {run.n_samples:,} samples in {home}")
+        return ws, run
+    t0 = time.perf_counter()
+    run = build_run(ws, args.samples, args.seed)
+    size = sum(p.stat().st_size for p in ws.sample_paths(run.run_id))
+    print(f"wrote {run.n_samples:,} samples ({size / 2**20:.1f} MiB Parquet) in {time.perf_counter() - t0:.1f} s")
+    return ws, run
+
+
+def build_index(ws: Any, run: Run, mode: str) -> None:
+    folder = ws.run_dir(run.run_id) / INDEX_DIR
+    shutil.rmtree(folder, ignore_errors=True)
+    if mode != "import":
+        print("index: none on disk; the server's first request on the run builds it")
+        return
+    out = subprocess.run([sys.executable, "-c", BUILD, str(ws.home), run.run_id], check=True,
+                         capture_output=True, text=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    size = sum(p.stat().st_size for p in folder.iterdir())
+    print(f"index build (once per run, persisted, {size / 2**20:.0f} MiB): {r['wall']:.1f} s wall, "
+          f"{r['cpu']:.1f} s CPU, peak RSS {r['hwm_mb']:.0f} MiB  [load {load()}]")
+
+
+def http_queries(ws: Any, run: Run, args: argparse.Namespace) -> None:
     import httpx
 
-    from evalkeeper.server import create_app
-
-    with tempfile.TemporaryDirectory(prefix="evalkeeper-bench-") as tmp:
-        ws = open_workspace(Path(tmp) / "ws")
-        t0 = time.perf_counter()
-        run = build_run(ws, args.samples, args.seed)
-        size = sum(p.stat().st_size for p in ws.sample_paths(run.run_id))
-        print(f"wrote {run.n_samples:,} samples ({size / 2**20:.1f} MiB Parquet) in {time.perf_counter() - t0:.1f} s")
-
-        server, thread, base = start_server(create_app(ws))
-        rng = np.random.default_rng(args.seed + 1)
-        queries = query_mix(rng, args.queries)
-        seen: set[tuple[Any, ...]] = set()
-        lat: dict[str, list[float]] = {"all": [], "cold": [], "warm": []}
-        by_kind: dict[str, list[float]] = {}
-        with httpx.Client(base_url=base, timeout=60) as client:
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(ws.home), str(port)])
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, timeout=120) as client:
+            deadline = time.time() + 60
+            while True:
+                try:
+                    client.get("/api/health").raise_for_status()
+                    break
+                except httpx.TransportError:
+                    if time.time() > deadline:
+                        raise RuntimeError("the dashboard server did not start") from None
+                    time.sleep(0.1)
+            print(f"server started: RSS {proc_mem(server.pid)['VmRSS']:.0f} MiB")
             t = time.perf_counter()
-            client.get(f"/api/runs/{run.run_id}").raise_for_status()  # run detail builds the explorer index
-            print(f"first request on the run (loads it into the in-memory explorer index): "
-                  f"{time.perf_counter() - t:.1f} s")
+            client.get(f"/api/runs/{run.run_id}").raise_for_status()
+            print(f"first request on the run (opens its index): {(time.perf_counter() - t) * 1000:.0f} ms")
+            queries = query_mix(np.random.default_rng(args.seed + 1), args.queries)
+            seen: set[tuple[Any, ...]] = set()
+            lat: dict[str, list[float]] = {"all": [], "cold": [], "warm": []}
+            by_kind: dict[str, list[float]] = {}
+            load_before, cpu0 = load(), proc_cpu(server.pid)
             for kind, params in queries:
                 key = tuple(sorted((k, v) for k, v in params.items() if k not in ("page", "page_size")))
                 t = time.perf_counter()
@@ -187,19 +254,75 @@ def main() -> None:
                 lat["warm" if key in seen else "cold"].append(ms)
                 by_kind.setdefault(kind, []).append(ms)
                 seen.add(key)
-        server.should_exit = True
-        thread.join(timeout=10)
+            cpu = proc_cpu(server.pid) - cpu0
+            mem = proc_mem(server.pid)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    print(f"\n{len(queries)} explorer queries over HTTP (page size 50) on {run.n_samples:,} samples "
+          f"[load {load_before} -> {load()}; server CPU {cpu:.1f} s]")
+    for name, values in lat.items():
+        print(f"  {name:5s} n={len(values):3d}  p50 {pct(values, 50):7.1f} ms  p95 {pct(values, 95):7.1f} ms"
+              f"  max {max(values) if values else float('nan'):7.1f} ms")
+    print("  by query kind (p50 / p95 ms):")
+    for kind, values in sorted(by_kind.items()):
+        print(f"    {kind:20s} n={len(values):3d}  {statistics.median(values):7.1f} / {pct(values, 95):7.1f}")
+    p95 = pct(lat["all"], 95)
+    print(f"  target p95 < 150 ms: {'MET' if p95 < 150 else 'NOT MET'} ({p95:.1f} ms)")
+    print(f"  server memory: VmRSS {mem['VmRSS']:.0f} MiB, VmHWM {mem['VmHWM']:.0f} MiB (target < 2048)")
 
-        print(f"\n{len(queries)} explorer queries over HTTP (page size 50) on {run.n_samples:,} samples")
-        for name, values in lat.items():
-            print(f"  {name:5s} n={len(values):3d}  p50 {pct(values, 50):7.1f} ms  p95 {pct(values, 95):7.1f} ms"
-                  f"  max {max(values) if values else float('nan'):7.1f} ms")
-        print("  by query kind (p50 / p95 ms):")
-        for kind, values in sorted(by_kind.items()):
-            print(f"    {kind:20s} n={len(values):3d}  {statistics.median(values):7.1f} / {pct(values, 95):7.1f}")
-        p95 = pct(lat["all"], 95)
-        print(f"  target p95 < 150 ms: {'MET' if p95 < 150 else 'NOT MET'} ({p95:.1f} ms)")
 
+def cli_queries(ws: Any, run: Run, n: int) -> None:
+    """count_samples + query_samples (the `evalkeeper samples` command) through the index and DuckDB."""
+    if n <= 0:
+        return
+    rng = np.random.default_rng(7)
+    mix: list[dict[str, Any]] = []
+    for i in range(n):
+        task = str(TASKS[i % len(TASKS)])
+        word = str(WORDS[int(rng.integers(0, len(WORDS)))])
+        mix.append([{"task": task}, {"search": word}, {"task": task, "search": f"{word} "},
+                    {}][i % 4] | {"order_by": [None, "score", "latency_ms", "tokens_out"][i % 4],
+                                  "descending": bool(i % 2), "offset": int(rng.integers(0, 2000))})
+    parts = ws.sample_paths(run.run_id)
+    times: dict[str, list[float]] = {"index": [], "duckdb": []}
+    for q in mix:
+        filters = {k: q[k] for k in ("task", "search") if k in q}
+        t = time.perf_counter()
+        total = ws.count_samples(run.run_id, **filters)
+        fast = ws.query_samples(run.run_id, limit=20, **filters, order_by=q["order_by"],
+                                descending=q["descending"], offset=q["offset"])
+        times["index"].append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        slow_total = ws._query.count(run, parts, **filters)
+        slow = ws._query.select(run, parts, limit=20, **filters, order_by=q["order_by"],
+                                descending=q["descending"], offset=q["offset"])
+        times["duckdb"].append((time.perf_counter() - t) * 1000)
+        assert total == slow_total and fast.column("sample_id").to_pylist() == slow.column("sample_id").to_pylist()
+    print(f"\nWorkspace.count_samples + query_samples (20 rows), {n} filters [load {load()}]; same rows both ways:")
+    for name, values in times.items():
+        print(f"  {name:7s} p50 {pct(values, 50):7.1f} ms  max {max(values):7.1f} ms")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=1_000_000)
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--index", choices=("import", "first-request"), default="import",
+                    help="build the sample index before the server starts, or let the first request build it")
+    ap.add_argument("--workdir", help="keep the workspace here instead of a temp folder")
+    ap.add_argument("--reuse", action="store_true", help="reuse a run written to --workdir before")
+    ap.add_argument("--cli-queries", type=int, default=8, help="Workspace.query_samples filters to time")
+    ap.add_argument("--no-report", action="store_true", help="skip the HTML report timing")
+    args = ap.parse_args()
+    print(f"{os.cpu_count()} CPUs, load average {load()}")
+
+    with tempfile.TemporaryDirectory(prefix="evalkeeper-bench-") as tmp:
+        ws, run = get_workspace(args, tmp)
+        build_index(ws, run, args.index)
+        http_queries(ws, run, args)
+        cli_queries(ws, run, args.cli_queries)
         if not args.no_report:
             from evalkeeper.report import render_report
 

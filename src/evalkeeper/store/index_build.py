@@ -11,7 +11,7 @@ so opening it costs milliseconds and the OS page cache is shared between the das
     groups.arrow  group values (key index, value) in code order
     search.bin    input, prediction and target of each row, lowered, NUL-separated: "in\\0pred\\0tgt\\0"
     search.npy    byte offset of every row in search.bin
-    bloom.npy     per trigram hash bit, one bit per row: does the row contain a trigram with that hash
+    bloom.npy     per 4-gram hash, one bit per row: does the row hold a 4-gram with that hash
     list.bin      LZ4 blocks of LIST_BLOCK rows: the first LIST_TEXT_LIMIT characters of each text
     list.npy      byte offsets of the blocks in list.bin; list_seg.npy: offset of every text in a block
 """
@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from evalkeeper.core.records import Run
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 INDEX_DIR = ".sample-index"
 LIST_TEXT_LIMIT = 300  # characters of each text kept for listings (the explorer's LIST_TEXT_LIMIT)
 LIST_BLOCK = 256  # rows per compressed listing block
@@ -58,22 +58,19 @@ def primary_metrics(run: Run) -> dict[str, str]:
 
 
 def bloom_log2(mean_row_bytes: float) -> int:
-    """Bits per row of the trigram filter: about 2.5x the distinct trigrams of a row, 64..2048."""
-    want = max(64.0, min(2048.0, 2.5 * mean_row_bytes))
+    """Bits per row of the 4-gram filter: about 2.5x the distinct 4-grams of a row, 64..4096."""
+    want = max(64.0, min(4096.0, 2.5 * mean_row_bytes))
     return int(np.ceil(np.log2(want)))
 
 
-def trigram_hashes(data: np.ndarray, log2: int) -> np.ndarray:
-    """Hash of the trigram starting at every byte of `data` (uint8), in [0, 2**log2)."""
-    if data.size < 3:
+def gram_hashes(data: np.ndarray, log2: int) -> np.ndarray:
+    """Hash in [0, 2**log2) of the 4-gram starting at each byte of `data` (uint8) that has three after it."""
+    if data.size < 4:
         return np.zeros(0, dtype=np.uint32)
-    padded = np.zeros(data.size + 1, dtype=np.uint8)
-    padded[:-1] = data
-    words = np.ndarray((data.size - 2,), dtype="<u4", buffer=padded, strides=(1,))  # unaligned 4-byte reads
-    code = words & np.uint32(0xFFFFFF)
-    np.multiply(code, HASH_MUL, out=code)
-    np.right_shift(code, np.uint32(32 - log2), out=code)
-    return code
+    words = np.ndarray((data.size - 3,), dtype="<u4", buffer=np.ascontiguousarray(data), strides=(1,))
+    out = words * HASH_MUL  # unaligned 4-byte reads, multiplied modulo 2**32
+    np.right_shift(out, np.uint32(32 - log2), out=out)
+    return out
 
 
 def lower_text(arr: pa.Array) -> pa.Array:
@@ -338,7 +335,7 @@ def descending(asc: np.ndarray, key: np.ndarray) -> np.ndarray:
 
 
 def build_bloom(search_path: Path, offsets: np.ndarray, log2: int) -> np.ndarray:
-    """bloom[h] = packed bits over rows: row r contains a trigram hashing to h (bit r % 8 of byte r // 8)."""
+    """bloom[h] = packed bits over rows: row r holds a 4-gram hashing to h (bit r % 8 of byte r // 8)."""
     n = offsets.size - 1
     m = 1 << log2
     bloom = np.zeros((m, (n + 7) // 8), dtype=np.uint8)
@@ -350,7 +347,7 @@ def build_bloom(search_path: Path, offsets: np.ndarray, log2: int) -> np.ndarray
         end = min(n, start + step)
         rows = end - start
         a, b = int(offsets[start]), int(offsets[end])
-        h = trigram_hashes(np.asarray(text[a:b]), log2)
+        h = gram_hashes(np.asarray(text[a:b]), log2)
         flat = np.repeat(np.arange(0, rows * m, m, dtype=np.intp), np.diff(offsets[start:end + 1]))[:h.size]
         flat += h
         padded = (rows + 7) // 8 * 8

@@ -11,20 +11,21 @@ import json
 import mmap
 import threading
 from collections import OrderedDict
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from evalkeeper.store.index_build import INDEX_VERSION, LIST_CODEC, TEXTS, lower_text, trigram_hashes
+from evalkeeper.store.index_build import INDEX_VERSION, LIST_CODEC, TEXTS, gram_hashes, lower_text
 from evalkeeper.store.index_build import descending as descending_order
 
 SORTS = ("task", "sample_id", "epoch", "latency_ms", "tokens_in", "tokens_out", "score")
 SEARCH_CACHE = 32  # search masks kept per run
-VERIFY_LIMIT = 150_000  # candidate rows checked one by one; beyond that the whole text is scanned
-FIND_LOOP_LIMIT = 30_000  # matches collected with bytes.find before the vectorized scan takes over
+VERIFY_LIMIT = 60_000  # candidate rows checked one by one; beyond that DuckDB scans the whole text
 BLOCK_CACHE = 256  # decompressed listing blocks kept
 
 
@@ -66,6 +67,8 @@ class SampleIndex:
         self._searches: OrderedDict[str, np.ndarray] = OrderedDict()
         self._blocks: OrderedDict[int, bytes] = OrderedDict()
         self._lock = threading.Lock()
+        self._scan_lock = threading.Lock()
+        self._duck: duckdb.DuckDBPyConnection | None = None
 
     @classmethod
     def open(cls, folder: Path) -> SampleIndex | None:
@@ -79,7 +82,11 @@ class SampleIndex:
             return None
 
     def warm(self) -> None:
-        """Touch every page of the mapped files once, so the first queries do not pay for page faults."""
+        """Touch every page of the mapped files once and set up the text scan, so the first queries pay
+        for neither page faults nor one-time imports."""
+        lower_text(pa.array(["warm"], pa.large_string()))
+        if self.has_search:
+            self._scan(b"\x01")
         buffers: list[Any] = [self._list_blocks, self._list_seg]
         buffers += [b for col in self.cols.columns for chunk in col.chunks for b in chunk.buffers() if b is not None]
         if self.has_search:
@@ -193,9 +200,10 @@ class SampleIndex:
     def search(self, needle: str) -> np.ndarray | None:
         """Rows whose input, prediction or target contains `needle` ignoring case (ILIKE '%needle%').
 
-        The trigram filter narrows the rows to those holding every trigram of the needle; each is then
-        checked with bytes.find. Needles under three bytes, or matching a large share of rows, scan the
-        whole text. None: this index has no search text, or the needle holds a NUL byte.
+        The 4-gram filter narrows the rows to those holding every 4-gram of the needle; they
+        are checked one by one with bytes.find. Short needles, and needles whose n-grams are everywhere,
+        are matched over the whole text by DuckDB (vectorized, multi-threaded). None: this index has no
+        search text, or the needle holds a NUL byte (the separator between texts).
         """
         if not self.has_search:
             return None
@@ -206,18 +214,15 @@ class SampleIndex:
         key = bytes(lower_text(pa.array([needle], pa.large_string()))[0].as_py().encode("utf-8"))
         if b"\x00" in key:
             return None
-        hit = np.zeros(self.n, dtype=bool)
-        cand = self._candidates(key) if len(key) >= 3 else None
+        cand = self._candidates(key) if len(key) >= 4 else None
         if cand is not None and cand.size <= VERIFY_LIMIT:
-            find = self._text.find
+            hit = np.zeros(self.n, dtype=bool)
             starts = self._text_off[cand].tolist()
             ends = self._text_off[cand + 1].tolist()
-            found = [r for r, a, b in zip(cand.tolist(), starts, ends, strict=True) if find(key, a, b) >= 0]
-            hit[np.asarray(found, dtype=np.int64)] = True
-        elif key:
-            offsets = np.asarray(self._text_off)
-            if not _find_rows(self._text, offsets, key, hit):
-                _scan_rows(np.frombuffer(self._text, dtype=np.uint8), offsets, self._byte_counts(), key, hit)
+            found = np.fromiter(map(self._text.find, repeat(key), starts, ends), dtype=np.int64, count=cand.size)
+            hit[cand[found >= 0]] = True
+        else:
+            hit = self._scan(key)
         with self._lock:
             self._searches[needle] = hit
             while len(self._searches) > SEARCH_CACHE:
@@ -225,17 +230,23 @@ class SampleIndex:
         return hit
 
     def _candidates(self, key: bytes) -> np.ndarray:
-        bits = np.unique(trigram_hashes(np.frombuffer(key, dtype=np.uint8), int(self.meta["bloom_log2"])))
+        bits = np.unique(gram_hashes(np.frombuffer(key, dtype=np.uint8), int(self.meta["bloom_log2"])))
         acc = np.array(self._bloom[int(bits[0])], copy=True)
         for b in bits[1:]:
             np.bitwise_and(acc, self._bloom[int(b)], out=acc)
         return np.flatnonzero(np.unpackbits(acc, count=self.n, bitorder="little"))
 
-    def _byte_counts(self) -> np.ndarray:
-        def make() -> np.ndarray:
-            raw = np.frombuffer(self._text, dtype=np.uint8)
-            return np.bincount(raw[:: max(1, raw.size // 1_000_000)], minlength=256)
-        return self._cached(("bytes",), make)  # type: ignore[no-any-return]
+    def _scan(self, key: bytes) -> np.ndarray:
+        """Match `key` in every row with DuckDB's contains() over the mapped text (zero-copy Arrow)."""
+        with self._scan_lock:  # the registered table belongs to this one connection
+            if self._duck is None:
+                text = pa.Array.from_buffers(pa.large_string(), self.n,
+                                             [None, pa.py_buffer(self._text_off), pa.py_buffer(self._text)])
+                self._duck = duckdb.connect(":memory:")
+                self._duck.register("search_text", pa.table({"s": text}))
+            found = self._duck.sql("SELECT contains(s, $1) AS m FROM search_text",
+                                   params=[key.decode("utf-8")]).to_arrow_table().column("m")
+        return np.asarray(found.to_numpy(), dtype=bool)
 
     # ---- order and pages ------------------------------------------------------------------------
     def sort_key(self, sort: str, metric: str | None, primary: dict[str, str]) -> np.ndarray:
@@ -370,34 +381,3 @@ class SampleIndex:
         rows = [(names[i], *stats(int(n[i]), float(s1[i]), float(s2[i]))) for i in range(len(n)) if n[i]]
         overall = stats(int(v.size), float(v.sum()), float((v * v).sum())) if v.size else (0, 0.0, float("nan"))
         return sorted(rows), overall
-
-
-def _find_rows(text: Any, offsets: np.ndarray, key: bytes, hit: np.ndarray) -> bool:
-    """Mark rows containing `key` using bytes.find; False (work abandoned) after FIND_LOOP_LIMIT matches.
-    Rows end with a NUL byte, which no needle holds, so a match never spans two rows."""
-    found: list[int] = []
-    pos = text.find(key)
-    while pos != -1:
-        found.append(pos)
-        if len(found) > FIND_LOOP_LIMIT:
-            return False
-        pos = text.find(key, pos + 1)
-    hit[np.searchsorted(offsets, np.asarray(found, dtype=np.int64), side="right") - 1] = True
-    return True
-
-
-def _scan_rows(data: np.ndarray, offsets: np.ndarray, counts: np.ndarray, key_bytes: bytes, hit: np.ndarray) -> None:
-    """Vectorized match for needles that hit many rows: anchor on the rarest byte, verify the others."""
-    key = np.frombuffer(key_bytes, dtype=np.uint8)
-    anchor = int(np.argmin(counts[key]))
-    cand = np.flatnonzero(data == key[anchor]) - anchor
-    cand = cand[(cand >= 0) & (cand + key.size <= data.size)]
-    for k in range(key.size):
-        if k != anchor and cand.size:
-            cand = cand[data[cand + k] == key[k]]
-    if cand.size > offsets.size:  # more matches than rows: mark bytes and reduce per row
-        marks = np.zeros(data.size, dtype=bool)
-        marks[cand] = True
-        hit |= np.logical_or.reduceat(marks, offsets[:-1])
-    else:
-        hit[np.searchsorted(offsets, cand, side="right") - 1] = True

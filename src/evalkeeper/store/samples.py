@@ -99,10 +99,17 @@ def table_to_samples(table: pa.Table) -> list[Sample]:
     return out
 
 
-class SampleWriter:
-    """Appends Parquet parts to a run's samples folder; each part is written atomically."""
+ROWS_PER_GROUP = 16_384  # small row groups: a page of rows found by the sample index decodes little
 
-    def __init__(self, samples_dir: Path, run_id: str, rows_per_group: int = 128_000) -> None:
+
+class SampleWriter:
+    """Appends Parquet parts to a run's samples folder; each part is written atomically.
+
+    Row groups of ROWS_PER_GROUP rows (with min/max statistics) let DuckDB skip groups on `task` filters
+    and let `Workspace.query_samples` read just the groups that hold a page's rows.
+    """
+
+    def __init__(self, samples_dir: Path, run_id: str, rows_per_group: int = ROWS_PER_GROUP) -> None:
         self.dir = samples_dir
         self.run_id = run_id
         self.rows_per_group = rows_per_group
