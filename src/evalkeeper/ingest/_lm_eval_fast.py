@@ -1,29 +1,45 @@
 """Vectorised reading of lm-eval samples files with DuckDB's JSON reader (C++, multi-threaded, streaming).
 
-The line-by-line Python reader in `lm_eval.py` is the reference; this path produces the same rows for the
-common layout (lm-eval 0.4.3+ `arguments` objects, one filter per task, numeric per-sample metrics) several
-times faster. Whatever it cannot read (another layout, a malformed line, a non-numeric metric value) raises
-`FastPathUnavailable` / `duckdb.Error`, and the caller continues with the Python reader from the first row
-not yet delivered, so errors are still reported by line with the file named.
+The line-by-line Python reader in `_lm_eval_samples.py` is the reference; this path produces the same rows
+for the common layout (lm-eval 0.4.3+ `arguments` objects, one filter per task, numeric per-sample
+metrics) several times faster. Whatever it cannot read (another layout, a malformed line, a non-numeric
+metric value, a doc id that is neither integer nor string) raises `FastPathUnavailable` / `duckdb.Error`,
+and the caller continues with the Python reader from the first row not yet delivered, so errors are still
+reported by line with the file named.
+
+DuckDB builds every text column (the metadata JSON included) in C++; Python only assembles the score map
+with numpy. The query runs in a producer thread that stays one batch ahead of the consumer, so parsing the
+next batch overlaps with the store compressing and writing the previous one (both release the GIL).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from evalkeeper.ingest.base import CltAccumulator
-
 MAX_LINE_BYTES = 16 << 20
+PREFETCH = 1  # finished batches waiting for the consumer (each ~75 MB per 128k generation rows)
 
 
 class FastPathUnavailable(Exception):
     """The file's layout is not one the vectorised reader handles; use the Python reader."""
+
+
+@dataclass
+class FastBatch:
+    """One batch in SAMPLE_SCHEMA plus what the caller folds in once it delivers it."""
+
+    table: pa.Table
+    ids: pa.Array  # sample ids (for the duplicate check and n)
+    scores: list[np.ndarray]  # per metric, the non-missing per-sample values (for the CLT)
 
 
 def _sql_str(text: str) -> str:
@@ -34,46 +50,61 @@ def _columns(first: dict[str, Any], metric_keys: list[str]) -> dict[str, str]:
     resps = first.get("filtered_resps")
     mc = isinstance(resps, list) and bool(resps) and isinstance(resps[0], list)
     cols = {
-        "doc_id": "VARCHAR",
+        # JSON keeps the value as written: its text goes into metadata verbatim, as the line reader does
+        "doc_id": "JSON",
         "doc": "JSON",
         "target": "VARCHAR",
         # multiple choice needs every request's continuation; generation only the first request's prompt
         "arguments": ("MAP(VARCHAR, STRUCT(arg_0 VARCHAR, arg_1 VARCHAR))" if mc
                       else "STRUCT(gen_args_0 STRUCT(arg_0 VARCHAR))"),
         "filtered_resps": "VARCHAR[][]" if mc else "VARCHAR[]",
-        "filter": "VARCHAR",
-        "doc_hash": "VARCHAR",
-        "prompt_hash": "VARCHAR",
-        "target_hash": "VARCHAR",
+        "filter": "JSON",
+        "doc_hash": "JSON",
+        "prompt_hash": "JSON",
+        "target_hash": "JSON",
     }
     for m in metric_keys:
         cols[m] = "DOUBLE"
     return cols
 
 
+_META_FIELDS = ("doc_hash", "prompt_hash", "target_hash", "filter", "doc")
+
+
+def _metadata_sql(mc: bool) -> str:
+    """The metadata JSON text, keys in the line reader's order; JSON columns are cast to their text.
+
+    concat() skips NULL arguments, so `',"key":' || value` leaves out absent keys; when every key is
+    present (lm-eval always writes them) the plain form avoids building those pieces one by one.
+    """
+    head = """'{"doc_id":', CAST(doc_id AS VARCHAR)"""
+    if mc:
+        head += """, CASE WHEN is_mc THEN ',"pred_index":' || pred_index END, ',"gold_index":' || gold_index"""
+    plain = ", ".join(f"""',"{f}":', CAST({f} AS VARCHAR)""" for f in _META_FIELDS)
+    skipping = ", ".join(f"""',"{f}":' || CAST({f} AS VARCHAR)""" for f in _META_FIELDS)
+    all_there = " AND ".join(f"{f} IS NOT NULL" for f in _META_FIELDS)
+    return (f"CASE WHEN {all_there} THEN concat({head}, {plain}, '}}') "
+            f"ELSE concat({head}, {skipping}, '}}') END")
+
+
 def _query(path: Path, first: dict[str, Any], metrics: list[str], primary: str) -> str:
     cols = _columns(first, metrics)
     spec = "{" + ", ".join(f"{_sql_str(k)}: {_sql_str(v)}" for k, v in cols.items()) + "}"
     mc = cols["filtered_resps"] == "VARCHAR[][]"
-    scores = ", ".join(f'"{m.replace(chr(34), chr(34) * 2)}" AS s{i}' for i, m in enumerate(metrics))
-    meta_tail = (
-        " || coalesce(',\"doc_hash\":' || to_json(doc_hash), '')"
-        " || coalesce(',\"prompt_hash\":' || to_json(prompt_hash), '')"
-        " || coalesce(',\"target_hash\":' || to_json(target_hash), '')"
-        " || coalesce(',\"filter\":' || to_json(filter), '')"
-        " || coalesce(',\"doc\":' || CAST(doc AS VARCHAR), '') || '}'"
-    )
-    doc_id_json = ("CASE WHEN regexp_full_match(doc_id, '-?[0-9]+') THEN doc_id ELSE to_json(doc_id) END")
+    scores = "".join(f', "{m.replace(chr(34), chr(34) * 2)}" AS s{i}' for i, m in enumerate(metrics))
+    meta_sql = _metadata_sql(mc)
+    # integer and string ids only (str() of other JSON values differs from their JSON text): else NULL,
+    # which sends the file to the line reader
+    sample_id = "CASE WHEN json_type(doc_id) IN ('BIGINT', 'UBIGINT', 'VARCHAR') THEN doc_id->>'$' END"
     src = (f"read_json({_sql_str(str(path))}, format='newline_delimited', columns={spec}, "
            f"maximum_object_size={MAX_LINE_BYTES})")
-    where = f"WHERE coalesce(filter, 'none') = {_sql_str(primary)}"
-    input_sql = "coalesce(map_values(arguments)[1].arg_0, '')"
+    where = f"WHERE coalesce(filter->>'$', 'none') = {_sql_str(primary)}"
     if not mc:
-        input_sql = "coalesce(arguments.gen_args_0.arg_0, '')"
         return (
-            f"SELECT doc_id AS sample_id, {input_sql} AS input, target, filtered_resps[1] AS prediction, "
-            f"NULL::DOUBLE[] AS logprobs, '{{\"doc_id\":' || {doc_id_json}{meta_tail} AS metadata"
-            f"{', ' + scores if scores else ''} FROM {src} {where}"
+            f"SELECT {sample_id} AS sample_id, coalesce(arguments.gen_args_0.arg_0, '') AS input, target, "
+            f"filtered_resps[1] AS prediction, "
+            f"{meta_sql} AS metadata{scores} "
+            f"FROM {src} {where}"
         )
     return f"""
 WITH a AS (
@@ -95,25 +126,17 @@ WITH a AS (
     END AS gold_index
   FROM b
 )
-SELECT doc_id AS sample_id, {input_sql} AS input,
+SELECT {sample_id} AS sample_id, coalesce(map_values(arguments)[1].arg_0, '') AS input,
   CASE WHEN gold_index IS NOT NULL THEN trim(choices[gold_index + 1]) ELSE target END AS target,
-  CASE WHEN is_mc THEN trim(choices[pred_index + 1]) ELSE to_json(filtered_resps[1]) END AS prediction,
+  CASE WHEN is_mc THEN trim(choices[pred_index + 1]) ELSE CAST(to_json(filtered_resps[1]) AS VARCHAR) END AS prediction,
   CASE WHEN is_mc THEN lls END AS logprobs,
-  '{{"doc_id":' || {doc_id_json}
-    || CASE WHEN is_mc THEN ',"pred_index":' || pred_index ELSE '' END
-    || coalesce(',"gold_index":' || gold_index, ''){meta_tail} AS metadata
-  {', ' + scores if scores else ''}
+  {meta_sql} AS metadata{scores}
 FROM c
 """
 
 
-def fast_batches(path: Path, first: dict[str, Any], metrics: list[str], names: list[str], primary: str,
-                 task: str, run_id: str, schema: pa.Schema, acc: dict[str, CltAccumulator], seen: set[str],
-                 batch_rows: int) -> Iterator[pa.Table]:
-    """Tables in SAMPLE_SCHEMA for the lines of `primary` filter; `metrics` are the per-sample keys in the
-    file and `names` our metric names for them. Updates `acc` (CLT) and `seen` (doc ids) as it goes."""
-    import duckdb
-
+def check_layout(path: Path, first: dict[str, Any], metrics: list[str]) -> None:
+    """Raise FastPathUnavailable unless the first line has the layout the query expects."""
     if any(c in str(path) for c in "*?[]{}"):
         raise FastPathUnavailable("DuckDB would read the path as a glob pattern")
     args = first.get("arguments")
@@ -122,68 +145,156 @@ def fast_batches(path: Path, first: dict[str, Any], metrics: list[str], names: l
     if next(iter(args)) != "gen_args_0":
         raise FastPathUnavailable("the first request is not gen_args_0")
     for m in metrics:
-        v = first.get(m)
-        if isinstance(v, (list, dict, str)):
+        if isinstance(first.get(m), list | dict | str):
             raise FastPathUnavailable(f"metric {m} is not numeric per sample")
+
+
+def fast_batches(path: Path, first: dict[str, Any], metrics: list[str], names: list[str], primary: str,
+                 task: str, run_id: str, schema: pa.Schema, batch_rows: int) -> Generator[FastBatch, None, None]:
+    """Batches of `batch_rows` rows (the last one shorter) in SAMPLE_SCHEMA for the lines of the `primary`
+    filter; `metrics` are the per-sample keys in the file and `names` our metric names for them."""
+    check_layout(path, first, metrics)
+    sql = _query(path, first, metrics, primary)
+
+    def convert(table: pa.Table) -> FastBatch:
+        return _to_batch(table, names, task, run_id, schema)
+
+    yield from _prefetched(lambda: _produce(sql, batch_rows), convert)
+
+
+def _produce(sql: str, batch_rows: int) -> Iterator[Any]:
+    """Yields the DuckDB connection first (so the consumer can interrupt it), then tables of batch_rows."""
+    import duckdb
+
     threads = max(1, min(os.cpu_count() or 1, 8))
     con = duckdb.connect(config={"threads": threads, "memory_limit": "768MB", "preserve_insertion_order": True})
     try:
-        rel = con.sql(_query(path, first, metrics, primary))
-        to_reader = getattr(rel, "to_arrow_reader", None) or getattr(rel, "fetch_arrow_reader", None)
-        if to_reader is None:
-            raise FastPathUnavailable("this DuckDB cannot stream Arrow batches")
-        reader = to_reader(batch_rows)
-        for batch in reader:
-            yield _to_table(batch, names, task, run_id, schema, acc, seen)
+        yield con
+        reader = con.sql(sql).to_arrow_reader(min(batch_rows, 1 << 16))
+        pending: list[pa.RecordBatch] = []
+        rows = 0
+        for rb in reader:
+            pending.append(rb)
+            rows += rb.num_rows
+            while rows >= batch_rows:
+                table = pa.Table.from_batches(pending)
+                yield table.slice(0, batch_rows)
+                rest = table.slice(batch_rows)
+                pending, rows = rest.to_batches(), rest.num_rows
+        if rows:
+            yield pa.Table.from_batches(pending)
     finally:
         con.close()
 
 
-def _to_table(batch: pa.RecordBatch, names: list[str], task: str, run_id: str, schema: pa.Schema,
-              acc: dict[str, CltAccumulator], seen: set[str]) -> pa.Table:
-    n = batch.num_rows
-    ids = batch.column("sample_id")
-    if ids.null_count:
-        raise FastPathUnavailable("a line has no doc_id")
-    new_ids = ids.to_pylist()
-    if len(set(new_ids)) != n or not seen.isdisjoint(new_ids):
-        raise FastPathUnavailable("duplicate doc_id")  # the Python reader reports it with its line
+_DONE = object()
+
+
+def _prefetched(produce: Callable[[], Iterator[Any]], convert: Callable[[pa.Table], FastBatch]
+                ) -> Iterator[FastBatch]:
+    """Run `produce` + `convert` in a thread, PREFETCH results ahead; errors re-raise in the consumer.
+
+    Closing the generator early (an error downstream) stops the thread and interrupts DuckDB.
+    """
+    q: queue.Queue[Any] = queue.Queue(maxsize=max(1, PREFETCH))
+    stop = threading.Event()
+    con: list[Any] = []
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            it = produce()
+            con.append(next(it))
+            for table in it:
+                if stop.is_set() or not put(convert(table)):
+                    return
+            put(_DONE)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            put(e)
+
+    thread = threading.Thread(target=work, name="evalkeeper-lm-eval-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        if con and thread.is_alive():
+            try:
+                con[0].interrupt()
+            except Exception:  # noqa: BLE001 - best effort; the thread stops at its next batch anyway
+                pass
+        thread.join()
+
+
+def _const_strings(value: str, n: int) -> pa.Array:
+    """`n` copies of `value` as a string array, built from buffers (no per-row Python objects)."""
+    raw = value.encode()
+    offsets = np.arange(n + 1, dtype=np.int64 if len(raw) * n >= 2**31 else np.int32) * len(raw)
+    kind = pa.large_string() if offsets.dtype == np.int64 else pa.string()
+    return pa.Array.from_buffers(kind, n, [None, pa.py_buffer(offsets), pa.py_buffer(raw * n)])
+
+
+def _score_map(table: pa.Table, names: list[str]) -> tuple[pa.Array, list[np.ndarray]]:
+    """The `scores` map column (missing scores left out) and, per metric, its present values."""
+    n = table.num_rows
     k = len(names)
-    columns: list[np.ndarray] = []
-    if k:
-        mat = np.column_stack([batch.column(f"s{i}").to_numpy(zero_copy_only=False).astype(np.float64)
-                               for i in range(k)])  # nulls come back as NaN
-        present = np.column_stack([~np.asarray(batch.column(f"s{i}").is_null()) for i in range(k)])
-        columns = [mat[:, i] for i in range(k)]
-        offsets = np.concatenate([[0], np.cumsum(present.sum(axis=1))]).astype(np.int32)
-        keys = np.tile(np.array(names, dtype=object), n)[present.ravel()]
-        scores = pa.MapArray.from_arrays(pa.array(offsets), pa.array(keys, pa.string()),
-                                         pa.array(mat[present], pa.float64()))
+    if not k:
+        return (pa.MapArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], pa.string()),
+                                        pa.array([], pa.float64())), [])
+    cols = [table.column(f"s{i}").combine_chunks().cast(pa.float64()) for i in range(k)]
+    mat = np.empty((n, k), dtype=np.float64)
+    present = np.ones((n, k), dtype=bool)
+    for i, col in enumerate(cols):
+        if col.null_count:
+            present[:, i] = col.is_valid().to_numpy(zero_copy_only=False)
+            col = col.fill_null(0.0)
+        mat[:, i] = col.to_numpy(zero_copy_only=False)
+    key_index = np.tile(np.arange(k, dtype=np.int32), n)
+    if present.all():
+        offsets = np.arange(n + 1, dtype=np.int32) * k
+        values = mat.ravel()
+        per_metric = [mat[:, i] for i in range(k)]
     else:
-        scores = pa.MapArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], pa.string()),
-                                         pa.array([], pa.float64()))
-    given = {
-        "run_id": pa.array(np.full(n, run_id, dtype=object), pa.string()),
-        "task": pa.array(np.full(n, task, dtype=object), pa.string()),
+        offsets = np.concatenate([[0], np.cumsum(present.sum(axis=1))]).astype(np.int32)
+        key_index = key_index[present.ravel()]
+        values = mat[present]
+        per_metric = [mat[present[:, i], i] for i in range(k)]
+    keys = pa.array(names, pa.string()).take(pa.array(key_index))
+    scores = pa.MapArray.from_arrays(pa.array(offsets), keys, pa.array(values, pa.float64()))
+    return scores, per_metric
+
+
+def _to_batch(table: pa.Table, names: list[str], task: str, run_id: str, schema: pa.Schema) -> FastBatch:
+    n = table.num_rows
+    ids = table.column("sample_id").combine_chunks()
+    if ids.null_count:
+        raise FastPathUnavailable("a line has no integer or string doc_id")
+    scores, per_metric = _score_map(table, names)
+    given: dict[str, Any] = {
+        "run_id": _const_strings(run_id, n),
+        "task": _const_strings(task, n),
         "sample_id": ids,
         "epoch": pa.array(np.zeros(n, dtype=np.int32)),
-        "input": batch.column("input"),
-        "target": batch.column("target"),
-        "prediction": batch.column("prediction"),
         "scores": scores,
-        "logprobs": batch.column("logprobs"),
-        "metadata": batch.column("metadata"),
     }
     arrays = []
     for field in schema:
         col = given.get(field.name)
         if col is None:
-            arrays.append(pa.nulls(n, field.type))
-        else:
-            arrays.append(col if col.type == field.type else col.cast(field.type))
-    table = pa.Table.from_arrays(arrays, schema=schema)
-    # only now that the batch converted: count its ids and scores
-    seen.update(new_ids)
-    for name, col in zip(names, columns, strict=True):
-        acc.setdefault(name, CltAccumulator()).add_many(col[~np.isnan(col)])
-    return table
+            col = table.column(field.name) if field.name in table.column_names else pa.nulls(n, field.type)
+        arrays.append(col if col.type == field.type else col.cast(field.type))
+    return FastBatch(pa.Table.from_arrays(arrays, schema=schema), ids, per_metric)

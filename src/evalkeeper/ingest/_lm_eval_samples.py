@@ -7,6 +7,7 @@ reference and takes over wherever the fast path cannot (other layouts, several f
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from evalkeeper.core.errors import ImportFormatError
 from evalkeeper.core.records import MetricResult, TaskInfo
 from evalkeeper.ingest.base import CltAccumulator, apply_clt, as_float, dumps_fast, loads_fast
 
-BATCH_ROWS = 50_000
+BATCH_ROWS = 131_072  # rows per Parquet part (8 row groups of 16k)
 FAST_PATH = True  # read samples files with DuckDB's JSON reader when the layout allows (see _lm_eval_fast)
 _SAMPLE_RESERVED = {"doc_id", "doc", "target", "arguments", "resps", "filtered_resps", "filter", "metrics",
                     "doc_hash", "prompt_hash", "target_hash"}
@@ -92,18 +93,42 @@ class SamplesStream:
             if first is not None and isinstance(metrics, list) and all(isinstance(m, str) for m in metrics):
                 primary = self.filters[0] if self.filters else str(first.get("filter", "none"))
                 names = [metric_name(m, primary) for m in metrics]
+                ids: list[pa.Array] = []
                 try:
-                    for table in fast_batches(self.path, first, metrics, names, primary, self.info.name,
-                                              self.run_id, SAMPLE_SCHEMA, self.acc, seen, BATCH_ROWS):
-                        delivered += table.num_rows
-                        yield table
-                    self._finish(len(seen))
-                    return
+                    with closing(fast_batches(self.path, first, metrics, names, primary, self.info.name,
+                                              self.run_id, SAMPLE_SCHEMA, BATCH_ROWS)) as fast:
+                        for fb in fast:
+                            delivered += fb.table.num_rows
+                            ids.append(fb.ids)
+                            for name, values in zip(names, fb.scores, strict=True):
+                                self.acc.setdefault(name, CltAccumulator()).add_many(values)
+                            yield fb.table
                 except FastPathUnavailable:
-                    pass
+                    seen = _id_set(ids)
                 except Exception:  # noqa: BLE001 - DuckDB/Arrow errors: the line reader judges the file
-                    pass
+                    seen = _id_set(ids)
+                else:
+                    n_ids = _count_distinct(ids)
+                    if n_ids != delivered:
+                        self._raise_duplicate(primary)
+                    self._finish(n_ids)
+                    return
         yield from self._python_batches(SAMPLE_SCHEMA, seen, skip=delivered)
+
+    def _raise_duplicate(self, primary: str) -> None:
+        """The fast path counted fewer distinct doc ids than rows: find the line with the repeated id."""
+        seen: set[str] = set()
+        for lineno, obj in self._lines():
+            filt = str(obj.get("filter", "none"))
+            if filt == primary:
+                self._check_new(str(obj["doc_id"]), seen, lineno, filt)
+        raise ImportFormatError(f"a doc_id appears twice for filter '{primary}'", path=str(self.path))
+
+    def _check_new(self, doc_id: str, seen: set[str], lineno: int, filt: str) -> None:
+        if doc_id in seen:
+            raise ImportFormatError(f"line {lineno}: doc_id {doc_id} appears twice for filter '{filt}'",
+                                    path=str(self.path))
+        seen.add(doc_id)
 
     def _first_line(self) -> dict[str, Any] | None:
         try:
@@ -137,10 +162,7 @@ class SamplesStream:
                 skip -= 1
                 continue
             doc_id = str(obj["doc_id"])
-            if doc_id in seen:
-                raise ImportFormatError(f"line {lineno}: doc_id {doc_id} appears twice for filter '{filt}'",
-                                        path=str(self.path))
-            seen.add(doc_id)
+            self._check_new(doc_id, seen, lineno, filt)
             scores, other = self._scores(obj, filt)
             scores.update(extra.pop(doc_id, {}))
             for k, v in scores.items():
@@ -175,6 +197,19 @@ class SamplesStream:
         for mr in self.by_name.values():
             if mr.method != "clt":
                 mr.n = n_docs if mr.n is None else mr.n
+
+
+def _id_set(chunks: list[pa.Array]) -> set[str]:
+    """The doc ids the fast path delivered, for the line reader that takes over."""
+    return {i for c in chunks for i in c.to_pylist()}
+
+
+def _count_distinct(chunks: list[pa.Array]) -> int:
+    import pyarrow.compute as pc
+
+    if not chunks:
+        return 0
+    return int(pc.count_distinct(pa.chunked_array(chunks, pa.string())).as_py())
 
 
 def _first_args(obj: dict[str, Any]) -> list[list[Any]]:

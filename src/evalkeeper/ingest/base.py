@@ -8,8 +8,10 @@ memory at once. Stderr / CI are recomputed from per-sample scores with the same 
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,6 +203,24 @@ def peek_json(path: Path, limit: int = 64 << 20) -> Any:
         return json.loads(path.read_bytes())
     except (OSError, ValueError, RecursionError):
         return None
+
+
+def warm_imports(*modules: str) -> None:
+    """Import `modules` in a background thread, for an importer about to hash its source files.
+
+    Hashing releases the GIL, so the import (pandas, which pyarrow pulls in on first use, and DuckDB: about
+    a second together) runs on the other core instead of after the hash. Missing modules are skipped;
+    a later `import` of the same module simply waits for this one.
+    """
+
+    def run() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001, S112 - only a warm-up: the real import reports problems
+                continue
+
+    threading.Thread(target=run, name="evalkeeper-warm-imports", daemon=True).start()
 
 
 def iter_files(path: Path, pattern: str) -> Iterator[Path]:

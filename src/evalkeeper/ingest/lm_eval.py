@@ -30,6 +30,7 @@ from evalkeeper.ingest.base import (
     peek_json,
     read_json_file,
     validation_message,
+    warm_imports,
 )
 
 # Keys of the results JSON that are not environment: everything else is kept under environment["source"].
@@ -273,6 +274,8 @@ def _build(results_file: Path, data: dict[str, Any]) -> ImportedRun:
             streams.append((info, samples_path, filters, by_name))
 
     source_files = [f] + [s[1] for s in streams]
+    if streams:
+        warm_imports("duckdb", "pandas", "pyarrow.pandas_compat")  # used by the samples stream
     env_source = {k: v for k, v in data.items() if k not in _RESULT_KEYS}
     env_source["groups"] = {g: group_subtasks.get(g, []) for g in sorted(group_names)}
     # `date` is wall-clock; start_time/end_time are perf counters and total time includes model loading,
