@@ -94,22 +94,31 @@ def converted_dir(gguf: Path, digest: str) -> Path:
     final = cache_dir() / "models" / f"{gguf.stem}-{digest[:16]}"
     if (final / _MARKER).exists():
         return final
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from evalkeeper.runner.backends import _gguf
 
     final.parent.mkdir(parents=True, exist_ok=True)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    config = quantized.config
-    if hasattr(config, "quantization_config"):
-        delattr(config, "quantization_config")  # save_pretrained refuses GGUF-quantized models
-    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
-    fresh.load_state_dict(quantized.state_dict())
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
     try:
-        fresh.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / _MARKER).write_text(json.dumps({"gguf": str(gguf), "sha256": digest}))
+        try:  # a few seconds; the same folder transformers' GGUF load + save_pretrained writes (tested)
+            _gguf.convert(gguf, tmp)
+            converter = "evalkeeper"
+        except _gguf.GgufUnsupported as exc:  # tens of seconds: transformers parses the metadata thrice
+            log.info("converting %s with transformers (%s is outside the fast converter)", gguf.name, exc)
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                             dtype=torch.float32)
+            config = quantized.config
+            if hasattr(config, "quantization_config"):
+                delattr(config, "quantization_config")  # save_pretrained refuses GGUF-quantized models
+            fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
+            fresh.load_state_dict(quantized.state_dict())
+            fresh.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            converter = "transformers"
+        (tmp / _MARKER).write_text(json.dumps({"gguf": str(gguf), "sha256": digest, "converter": converter}))
         try:
             os.rename(tmp, final)
         except OSError:  # another process won the race; its copy is identical
