@@ -117,11 +117,25 @@ def compile_template(source: str, what: str, where: str, line_offset: int = 0) -
                           f"(template line {line}): {exc.message}", path=where) from None
 
 
+def _fast_render(template: Any, context: dict[str, Any]) -> str:
+    """`template.render(**context)` without rebuilding the globals ChainMap per row (most of its cost)."""
+    from jinja2.runtime import new_context
+
+    plain = template.__dict__.get("_evalkeeper_globals")
+    if plain is None:
+        plain = template._evalkeeper_globals = dict(template.globals)
+    ctx = new_context(template.environment, template.name, template.blocks, context, False, plain)
+    return str(template.environment.concat(template.root_render_func(ctx)))
+
+
 def render(template: Any, context: dict[str, Any], what: str, where: str, line_offset: int, row: int) -> str:
     import jinja2
 
     try:
-        return str(template.render(**context))
+        try:
+            return _fast_render(template, context)
+        except Exception:  # noqa: BLE001 - re-rendered the normal way for jinja's error with template lines
+            return str(template.render(**context))
     except jinja2.TemplateError as exc:
         line = next((f.lineno for f in reversed(traceback.extract_tb(exc.__traceback__))
                      if f.filename == "<template>"), None)
@@ -274,7 +288,7 @@ def load_task(ref: str | Path, search_dirs: list[Path] | None = None) -> LoadedT
         context = {**row, "choices": choices or [], "letters": LETTERS}
         prompt = render(prompt_t, context, "prompt", where, lines.get("prompt", 1) - 1, i)
         shot = render(shot_t, {**context, "target": targets[0]}, "fewshot_target", where,
-                      lines.get("fewshot_target", 1) - 1, i)
+                      lines.get("fewshot_target", 1) - 1, i) if spec.n_shot else ""
         sid = str(row[spec.id_field]) if spec.id_field and spec.id_field in row else stable_sample_id(
             spec.name, row)
         if sid in seen:
