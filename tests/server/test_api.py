@@ -235,7 +235,12 @@ def test_running_and_empty_runs(tmp_path) -> None:  # type: ignore[no-untyped-de
                            for i in range(10)]])
     ws.add_run(Run(run_id="run-empty", model=ModelInfo(name="m"), provenance=Provenance(producer="x"),
                    tasks=tasks), [], [])
+    ws.add_run(Run(run_id="run-done", model=ModelInfo(name="m"), provenance=Provenance(producer="x"), tasks=tasks),
+               [], [[Sample(run_id="run-done", task="t", sample_id="s0", scores={"acc": 1.0})]])
     svc = DashboardService(ws)
+    svc.prebuild().join(timeout=60)  # what `serve` starts: indexes of finished runs with samples only
+    assert (ws.run_dir("run-done") / ".sample-index" / "meta.json").exists()
+    assert not (ws.run_dir("run-empty") / ".sample-index").exists()
     assert svc.samples("run-live", ExplorerQuery(score_min=1)).total == 5
     assert ws.sample_index("run-live") is None  # never indexed while running
     assert not (ws.run_dir("run-live") / ".sample-index").exists()

@@ -116,6 +116,7 @@ def serve(
     check_bind(host, token)
     allowed = None if token else [*LOOPBACK_HOSTS]
     app = create_app(ws, token=token, allowed_hosts=allowed)
+    app.state.service.prebuild()  # sample indexes of runs without one are built in the background
     uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
 
 

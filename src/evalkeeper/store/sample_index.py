@@ -25,7 +25,7 @@ from evalkeeper.store.index_build import descending as descending_order
 
 SORTS = ("task", "sample_id", "epoch", "latency_ms", "tokens_in", "tokens_out", "score")
 SEARCH_CACHE = 32  # search masks kept per run
-VERIFY_LIMIT = 60_000  # candidate rows checked one by one; beyond that DuckDB scans the whole text
+VERIFY_LIMIT = 120_000  # candidate rows checked one by one; beyond that DuckDB scans the whole text
 BLOCK_CACHE = 256  # decompressed listing blocks kept
 
 
@@ -86,7 +86,8 @@ class SampleIndex:
         for neither page faults nor one-time imports."""
         lower_text(pa.array(["warm"], pa.large_string()))
         if self.has_search:
-            self._scan(b"\x01")
+            with self._scan_lock:
+                self._connect().sql("SELECT count(*) FROM search_text WHERE false").fetchall()
         buffers: list[Any] = [self._list_blocks, self._list_seg]
         buffers += [b for col in self.cols.columns for chunk in col.chunks for b in chunk.buffers() if b is not None]
         if self.has_search:
@@ -239,14 +240,18 @@ class SampleIndex:
     def _scan(self, key: bytes) -> np.ndarray:
         """Match `key` in every row with DuckDB's contains() over the mapped text (zero-copy Arrow)."""
         with self._scan_lock:  # the registered table belongs to this one connection
-            if self._duck is None:
-                text = pa.Array.from_buffers(pa.large_string(), self.n,
-                                             [None, pa.py_buffer(self._text_off), pa.py_buffer(self._text)])
-                self._duck = duckdb.connect(":memory:")
-                self._duck.register("search_text", pa.table({"s": text}))
-            found = self._duck.sql("SELECT contains(s, $1) AS m FROM search_text",
-                                   params=[key.decode("utf-8")]).to_arrow_table().column("m")
+            found = self._connect().sql("SELECT contains(s, $1) AS m FROM search_text",
+                                        params=[key.decode("utf-8")]).to_arrow_table().column("m")
         return np.asarray(found.to_numpy(), dtype=bool)
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        """DuckDB with the search text registered as table `search_text` (call with _scan_lock held)."""
+        if self._duck is None:
+            text = pa.Array.from_buffers(pa.large_string(), self.n,
+                                         [None, pa.py_buffer(self._text_off), pa.py_buffer(self._text)])
+            self._duck = duckdb.connect(":memory:")
+            self._duck.register("search_text", pa.table({"s": text}))
+        return self._duck
 
     # ---- order and pages ------------------------------------------------------------------------
     def sort_key(self, sort: str, metric: str | None, primary: dict[str, str]) -> np.ndarray:
