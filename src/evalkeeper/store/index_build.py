@@ -393,6 +393,7 @@ def build_index(run: Run, parts: list[Path], folder: Path) -> None:
             present = [c for c in _READ if c in pf.schema_arrow.names]
             for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=present):
                 builder.add(batch)
+        pa.default_memory_pool().release_unused()  # decoded batches are gone; keep peak RSS down
         builder.finish(run, signature, part_rows)
         _replace_dir(tmp, folder)
     except BaseException:

@@ -115,7 +115,7 @@ class SampleQuery:
         sql = f"SELECT {cols} FROM {rel} AS s{filt}{order}{page}"
         return self._run(sql, params, where)
 
-    def rows_at(self, run: Run, parts: list[Path], located: list[tuple[int, np.ndarray, np.ndarray]], n: int,
+    def rows_at(self, run: Run, parts: list[Path], located: list[tuple[int, np.ndarray, np.ndarray]],
                 columns: list[str] | None = None) -> pa.Table:
         """Rows by position, in page order: `located` holds (part number, rows in the part, places in the
         page). Only the row groups holding them are read; DuckDB adds `score` and picks `columns`, so the

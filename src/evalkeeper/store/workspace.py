@@ -194,8 +194,8 @@ class Workspace:
                     return None
                 try:
                     build_index(run, parts, folder)
-                except OSError:  # a read-only workspace: DuckDB over Parquet still answers
-                    return None
+                except (OSError, ValueError, pa.ArrowException):  # read-only workspace, unreadable part:
+                    return None  # DuckDB over Parquet still answers (or reports the problem)
                 index = SampleIndex.open(folder)
                 if index is None or index.signature != signature:
                     return None
@@ -232,7 +232,7 @@ class Workspace:
             order = index.order(order_by or "task", None, descending and order_by is not None,
                                 primary_metrics(run))
             _, positions = index.page(mask, order, max(0, int(offset)), max(0, int(limit)))
-            return self._query.rows_at(run, parts, index.locate(positions), positions.size, columns)
+            return self._query.rows_at(run, parts, index.locate(positions), columns)
         return self._query.select(run, parts, task=task, where=where, search=search, order_by=order_by,
                                   descending=descending, limit=limit, offset=offset, columns=columns)
 
