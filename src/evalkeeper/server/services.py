@@ -74,6 +74,7 @@ class DashboardService:
         """Build and warm the sample indexes of finished runs in the background, newest first, so the
         first click on a run does not wait for its index."""
         def work() -> None:
+            pa.array(range(1))  # pyarrow's first conversion imports pandas (~1 s): at startup, not on a click
             for summary in self.all_runs():
                 try:
                     run = self.get_run(summary.run_id)

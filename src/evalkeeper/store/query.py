@@ -10,7 +10,6 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from evalkeeper.core.errors import EvalkeeperError
 from evalkeeper.core.records import Run
@@ -118,32 +117,32 @@ class SampleQuery:
     def rows_at(self, run: Run, parts: list[Path], located: list[tuple[int, np.ndarray, np.ndarray]],
                 columns: list[str] | None = None) -> pa.Table:
         """Rows by position, in page order: `located` holds (part number, rows in the part, places in the
-        page). Only the row groups holding them are read; DuckDB adds `score` and picks `columns`, so the
-        result has the same columns and types as `select`."""
-        pieces = []
-        for part_no, rows, places in located:
-            pf = pq.ParquetFile(parts[part_no])
-            md = pf.metadata
-            starts = np.cumsum([0] + [md.row_group(i).num_rows for i in range(md.num_row_groups)])
-            groups = np.searchsorted(starts, rows, side="right") - 1
-            needed = np.unique(groups)
-            table = pf.read_row_groups(needed.tolist())
-            before = np.concatenate([[0], np.cumsum(starts[needed + 1] - starts[needed])[:-1]])
-            local = rows - starts[groups] + before[np.searchsorted(needed, groups)]
-            pieces.append(table.take(pa.array(local, pa.int64())).append_column("__pos", pa.array(places, pa.int64())))
-        if not pieces:
-            pieces.append(pq.read_schema(parts[0]).empty_table().append_column("__pos", pa.array([], pa.int64())))
-        rows_table = pa.concat_tables(pieces, promote_options="permissive").sort_by("__pos").drop_columns(["__pos"])
-        cols = "*" if not columns else ", ".join(f'"{c}"' for c in columns)
-        cur = self.cursor()
-        try:
-            cur.register("__rows", rows_table)
-            return cur.sql(f"SELECT {cols} FROM (SELECT *, {score_expression(run)} AS score FROM __rows) AS s"
-                           ).to_arrow_table()
-        except duckdb.Error as exc:
-            raise EvalkeeperError(f"sample query failed: {str(exc).splitlines()[0]}") from None
-        finally:
-            cur.close()
+        page). DuckDB reads just those rows (row-number filter) with `score` added, so the result has the
+        columns and types `select` gives."""
+        if not located:
+            located = [(0, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))]
+        selects = []
+        for part_no, rows, _ in located:
+            wanted = ", ".join(str(int(r)) for r in rows) or "NULL"
+            selects.append(f"SELECT * EXCLUDE (file_row_number), {score_expression(run)} AS score, "
+                           f"{part_no} AS __part, file_row_number AS __row "
+                           f"FROM read_parquet({_quote(str(parts[part_no]))}, file_row_number=true) "
+                           f"WHERE file_row_number IN ({wanted})")
+        table = self._run(" UNION ALL BY NAME ".join(selects), [], None)
+        keys = np.concatenate([part * (1 << 40) + rows for part, rows, _ in located])
+        places = np.concatenate([places for _, _, places in located])
+        got = (np.asarray(table.column("__part").to_numpy(), dtype=np.int64) * (1 << 40)
+               + np.asarray(table.column("__row").to_numpy(), dtype=np.int64))
+        by_key = np.argsort(keys)
+        place_of_row = places[by_key][np.searchsorted(keys[by_key], got)] if got.size else got
+        table = table.take(pa.array(np.argsort(place_of_row), pa.int64())).drop_columns(["__part", "__row"])
+        if columns:
+            missing = [c for c in columns if c not in table.column_names]
+            if missing:
+                raise EvalkeeperError(f"sample query failed: no column {missing[0]!r}",
+                                      hint=f"columns: {', '.join(table.column_names)}")
+            table = table.select(columns)
+        return table
 
     def count(self, run: Run, parts: list[Path], *, task: str | None = None, where: str | None = None,
               search: str | None = None) -> int:
