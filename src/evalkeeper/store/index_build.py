@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -227,6 +228,21 @@ class IndexBuilder:
         self._list_raw.close()
         if self._search is not None:
             self._search.close()
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="sample-index") as pool:
+            # the 4-gram filter and the listing blocks do not depend on the columns: built alongside them
+            side = [pool.submit(self._finish_listing)]
+            if self._search is not None:
+                side.append(pool.submit(self._finish_search))
+            self._finish_columns(run, signature, part_rows)
+            for job in side:
+                job.result()
+
+    def _finish_search(self) -> None:
+        offsets = np.concatenate(self._search_off)
+        np.save(self.folder / "search.npy", offsets)
+        np.save(self.folder / "bloom.npy", build_bloom(self.folder / "search.bin", offsets, self.log2))
+
+    def _finish_columns(self, run: Run, signature: list[list[Any]], part_rows: list[int]) -> None:
         c = self.cols
         n = self.n
         task_names = sorted(set(pc.unique(pa.chunked_array(c.task, pa.string())).to_pylist()))
@@ -274,11 +290,6 @@ class IndexBuilder:
         })
         with pa.OSFile(str(self.folder / "groups.arrow"), "wb") as sink, pa.ipc.new_file(sink, gvals.schema) as w:
             w.write_table(gvals)
-        self._finish_listing()
-        if self._search is not None:
-            offsets = np.concatenate(self._search_off)
-            np.save(self.folder / "search.npy", offsets)
-            np.save(self.folder / "bloom.npy", build_bloom(self.folder / "search.bin", offsets, self.log2))
         keys_by_task = _group_keys_by_task(task_codes, task_names, groups, group_names)
         meta = {"version": INDEX_VERSION, "n": n, "parts": signature, "part_rows": part_rows, "tasks": task_names,
                 "metrics": metric_names, "groups": group_names, "group_keys_by_task": keys_by_task,
