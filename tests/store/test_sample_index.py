@@ -149,3 +149,19 @@ def test_index_is_rebuilt_when_parts_change_and_skipped_while_running(tmp_path: 
     again = ws.sample_index("run-grow")
     assert again is not None and again.n == 15
     assert ws.count_samples("run-grow", search="question 3 ") == 2
+
+
+def test_only_searches_and_sorts_of_large_runs_build_an_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import evalkeeper.store.workspace as workspace_module
+
+    ws = open_workspace(tmp_path / "ws")
+    run = Run(run_id="run-auto", model=ModelInfo(name="m"), provenance=Provenance(producer="test"),
+              tasks=[TaskInfo(name="t", metrics=["acc"])])
+    ws.add_run(run, [], [[_sample("run-auto", "t", i, 0) for i in range(30)]])
+    folder = ws.run_dir("run-auto") / INDEX_DIR
+    assert ws.count_samples("run-auto", search="question") == 30  # small run: DuckDB, nothing written
+    assert not folder.exists()
+    monkeypatch.setattr(workspace_module, "AUTO_INDEX_ROWS", 10)
+    assert ws.count_samples("run-auto", task="t") == 30 and not folder.exists()  # DuckDB is quick at this
+    assert len(ws.query_samples("run-auto", limit=3)) == 3 and not folder.exists()
+    assert len(ws.query_samples("run-auto", order_by="latency_ms", limit=3)) == 3 and folder.exists()

@@ -24,7 +24,7 @@ from evalkeeper.store.samples import SampleWriter, sample_parts
 from evalkeeper.store.sql import SqlStore
 
 _SAFE_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
-AUTO_INDEX_ROWS = 20_000  # query_samples builds a missing sample index for runs at least this large
+AUTO_INDEX_ROWS = 20_000  # searches and sorts build a missing sample index for runs at least this large
 OPEN_INDEXES = 4  # sample indexes kept open per workspace
 
 
@@ -214,7 +214,8 @@ class Workspace:
         """(index, row mask or None) when the sample index can answer this query without DuckDB."""
         if where is not None or (order_by is not None and order_by not in SORTS):
             return None
-        index = self.sample_index(run, build=None)
+        # a missing index is built only for a large run's searches and sorts (DuckDB is quick at the rest)
+        index = self.sample_index(run, build=None if (search or order_by) else False)
         if index is None:
             return None
         ok, mask = index.mask(primary=primary_metrics(run), task=task or None, search=search or None)
