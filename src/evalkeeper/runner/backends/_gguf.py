@@ -328,7 +328,7 @@ def _tokenizer(gf: GgufFile, arch: str) -> Any:
     for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
                       ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")):
         token_id = meta.get(f"tokenizer.ggml.{key}")
-        if token_id is not None and not 0 <= token_id < len(tokens):
+        if token_id is not None and not (isinstance(token_id, int) and 0 <= token_id < len(tokens)):
             raise gf._fail(f"tokenizer.ggml.{key} = {token_id} is outside the vocabulary")
         tokenizer_config[name] = tokens[token_id] if token_id is not None else None
     try:
