@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
         ws = workspace(home)
         if not as_json:
             err_console().print(f"[dim]workspace {ws.home} · model {model} · first use converts the embedded "
-                                "model once (~1 min); later starts take seconds[/]")
+                                "model once (seconds) into the user cache[/]")
         opts = RunOptions(limit=limit, progress=progress, tags=["quickstart"], command=_command_line())
         _report(quickstart(ws, model, opts), as_json)
 
