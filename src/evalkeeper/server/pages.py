@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -138,7 +139,7 @@ def samples_page(
         metrics=metrics,
         groups=groups,
         sort_keys=SORT_KEYS,
-        base=page.query.model_dump(exclude={"page"}),
+        base={k: v for k, v in dataclasses.asdict(page.query).items() if k != "page"},
     )
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from evalkeeper.analysis.compare import RunComparison
+from evalkeeper.server._sql import ExplorerQuery
 
 
 class MetricOut(BaseModel):
@@ -82,27 +83,13 @@ class SampleRow(BaseModel):
     truncated: bool = Field(False, description="True when input/target/prediction were cut for the listing.")
 
 
-class SampleQueryOut(BaseModel):
-    task: str | None = None
-    metric: str | None = None
-    score_min: float | None = None
-    score_max: float | None = None
-    group: str | None = None
-    group_value: str | None = None
-    search: str | None = None
-    sort: str = "sample_id"
-    order: Literal["asc", "desc"] = "asc"
-    page: int = 1
-    page_size: int = 50
-
-
 class SamplePage(BaseModel):
     run_id: str
     total: int
     page: int
     page_size: int
     pages: int
-    query: SampleQueryOut
+    query: ExplorerQuery
     rows: list[SampleRow]
 
 

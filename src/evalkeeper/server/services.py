@@ -28,7 +28,6 @@ from evalkeeper.server.schemas import (
     RunSummary,
     SampleDetail,
     SamplePage,
-    SampleQueryOut,
     SampleRow,
     SliceReport,
     SliceRow,
@@ -189,7 +188,7 @@ class DashboardService:
                 rows = [self._row(r) for r in self._sql(run.run_id, sql, params)]
         pages = max(1, math.ceil(total / q.page_size))
         return SamplePage(run_id=run.run_id, total=total, page=q.page, page_size=q.page_size, pages=pages,
-                          query=SampleQueryOut(**q.__dict__), rows=rows)
+                          query=q, rows=rows)
 
     def _indexed_page(self, run: Run, q: ExplorerQuery) -> tuple[int, list[SampleRow]] | None:
         """The page from the sample index; None when there is none or it cannot search this needle."""
