@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from evalkeeper.analysis.compare import RunComparison
+from evalkeeper.core.records import Sample
 from evalkeeper.server._sql import ExplorerQuery
 
 
@@ -93,20 +94,9 @@ class SamplePage(BaseModel):
     rows: list[SampleRow]
 
 
-class SampleDetail(BaseModel):
-    run_id: str
-    task: str
-    sample_id: str
-    epoch: int = 0
-    input: str = ""
-    target: str | None = None
-    prediction: str | None = None
-    scores: dict[str, float] = Field(default_factory=dict)
-    group: dict[str, str] = Field(default_factory=dict)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    latency_ms: float | None = None
-    tokens_in: int | None = None
-    tokens_out: int | None = None
+class SampleDetail(Sample):
+    """One stored sample as the store holds it, plus the epochs stored under the same id."""
+
     epochs: list[int] = Field(default_factory=list, description="All epochs stored for this sample id.")
 
 

@@ -273,6 +273,7 @@ class DashboardService:
             target=chosen.get("target"),
             prediction=chosen.get("prediction"),
             scores=_clean_scores(chosen.get("scores")),
+            logprobs=chosen.get("logprobs"),
             group=dict(chosen.get("group") or {}),
             metadata=metadata,
             latency_ms=chosen.get("latency_ms"),
