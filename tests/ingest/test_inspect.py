@@ -200,14 +200,32 @@ def test_relogged_sample_keeps_last_and_running_log(tmp_path: Path) -> None:
     assert [r["prediction"] for r in q01] == ["four"]
 
 
+# what parse_sample may leave out: never read by the row builder (fields after events_data except `limit`)
+_SKIPPABLE = {"events", "timelines", "attachments", "events_data", "turn_count", "token_limit",
+              "token_limit_type", "token_limit_usage", "message_limit", "time_limit"}
+
+
 def test_parse_sample_skips_events_safely() -> None:
     for path in (NEW_EVAL, OLD_EVAL):
         for name, raw in read_members(path):
             if name.startswith("samples/"):
                 full = json.loads(raw)
-                full.pop("events")
-                full.pop("timelines", None)
-                assert parse_sample(raw) == full
+                got = parse_sample(raw)
+                assert got == {k: v for k, v in full.items() if k in got}
+                assert set(full) - set(got) <= _SKIPPABLE and "events" not in got
+    # limit (after events_data) is kept; a nested "attachments"/"limit" key does not mislead the cuts
+    sample = (b'{"id":"a","store":{},"events":[{"model_usage":{"x":1}}],"model_usage":{"m":{"input_tokens":3}},'
+              b'"total_time":1.5,"uuid":"u","error":{"message":"boom"},"attachments":{"h":"text"},'
+              b'"events_data":{"calls":[{"attachments":1,"limit":2}]},"limit":{"type":"token","limit":9},'
+              b'"turn_count":2}')
+    got = parse_sample(sample)
+    assert got["limit"] == {"type": "token", "limit": 9} and got["error"] == {"message": "boom"}
+    assert got["model_usage"] == {"m": {"input_tokens": 3}} and "attachments" not in got
+    nested_only = sample.replace(b',"limit":{"type":"token","limit":9}', b"")
+    got = parse_sample(nested_only)  # the only ,"limit": sits inside events_data: no limit is made up
+    assert "limit" not in got and got["uuid"] == "u" and got["model_usage"] == {"m": {"input_tokens": 3}}
+    odd = sample.replace(b'"uuid":"u"', b'"surprise":1,"uuid":"u"')  # a field not known to sit there
+    assert parse_sample(odd)["surprise"] == 1
     # a nested "events" key before the real one: the cut does not parse, the full parse is used
     tricky = b'{"id":"a","metadata":{"x":1,"events":[1]},"events":[{"model_usage":{}}],"model_usage":{"m":{}}}'
     got = parse_sample(tricky)
@@ -245,7 +263,7 @@ def test_truncated_and_wrong_json(tmp_path: Path) -> None:
     data = NEW_JSON.read_bytes()
     p = tmp_path / "t.json"
     p.write_bytes(data[: len(data) // 2])
-    _expect_error(p, "invalid JSON")
+    _expect_error(p, "not valid JSON")
     p.write_text('{"version": 2, "status": "success", "eval": {"task_id": "x", "task": 3}, "samples": []}')
     _expect_error(p, "'task'")
     d = json.loads(data)

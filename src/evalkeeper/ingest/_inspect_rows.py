@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-from array import array
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from evalkeeper.core.errors import ImportFormatError
 from evalkeeper.ingest.base import CltAccumulator
 
 try:
@@ -38,22 +39,33 @@ except ImportError:  # pragma: no cover - orjson is a dependency; the stdlib is 
         return json.loads(data)
 
 
-# (events key, model_usage key) as inspect writes them: compact (current) and indented (older versions)
-_CUT_KEYS = ((b',"events":', b',"model_usage":'), (b',\n  "events": ', b',\n  "model_usage": '))
+# (events, model_usage, attachments, limit) keys as inspect writes them: compact (current), indented (older)
+_CUT_KEYS = (
+    (b',"events":', b',"model_usage":', b',"attachments":', b',"limit":'),
+    (b',\n  "events": ', b',\n  "model_usage": ', b',\n  "attachments": ', b',\n  "limit": '),
+)
+# EvalSample fields between model_usage and attachments, and from limit on (inspect_ai 0.3.x): a middle or
+# end cut holding any other key is not the sample's own level, and is parsed the safe way instead
+_MIDDLE_FIELDS = frozenset({"model_usage", "role_usage", "model_fallbacks", "started_at", "completed_at",
+                            "total_time", "working_time", "uuid", "invalidation", "error", "error_retries"})
+_END_FIELDS = frozenset({"limit", "turn_count", "token_limit", "token_limit_type", "token_limit_usage",
+                         "message_limit", "time_limit"})
 
 
 def parse_sample(raw: bytes) -> Any:
-    """Parse one `samples/*.json` member, skipping its `events` array when that can be done safely.
+    """Parse one `samples/*.json` member, skipping `events`, `attachments` and `events_data` when that can
+    be done safely (evalkeeper keeps none of them, and they are most of a sample's bytes).
 
-    Events are most of a sample's bytes and evalkeeper keeps none of them. inspect writes the fields in
-    order (..., metadata, store, events, [timelines,] model_usage, ...), so the object is parsed as two
-    cuts: everything before `,"events":` closed with `}`, and everything from the last `,"model_usage":`
-    (events hold nested ones) opened with `{`. A cut parses only if it sits at the top level of the
-    object (a cut inside a nested value leaves brackets unbalanced, and the keys cannot occur unescaped
-    inside strings), so any surprise falls back to parsing the whole member. The CRC check of the zip
-    member already vouches for the skipped bytes.
+    inspect writes the fields in order (..., metadata, store, events, [timelines,] model_usage, ...,
+    error, error_retries, attachments, events_data, limit, ...), so the object is parsed in cuts: everything
+    before `,"events":` closed with `}`; from the last `,"model_usage":` (events hold nested ones) to the
+    last `,"attachments":`; and from the last `,"limit":` to the end. A cut parses only if it sits at the
+    top level of the object (a cut inside a nested value leaves brackets unbalanced, and the keys cannot
+    occur unescaped inside strings); the middle and end cuts must also hold only the sample fields that
+    belong there. Any surprise falls back to a cut that keeps attachments and events_data, then to parsing
+    the whole member. The CRC check of the zip member already vouches for the skipped bytes.
     """
-    for events_key, usage_key in _CUT_KEYS:
+    for events_key, usage_key, attach_key, limit_key in _CUT_KEYS:
         i = raw.find(events_key)
         if i <= 0:
             continue
@@ -62,14 +74,47 @@ def parse_sample(raw: bytes) -> Any:
             break
         try:
             head = loads(raw[:i] + b"}")
-            tail = loads(b"{" + raw[j + 1 :])
+            if not isinstance(head, dict):
+                break
+            tail = _short_tail(raw, j, attach_key, limit_key)
+            if tail is None:
+                tail = loads(b"{" + raw[j + 1 :])
         except ValueError:
             break
-        if isinstance(head, dict) and isinstance(tail, dict):
+        if isinstance(tail, dict):
             head.update(tail)
             return head
         break
     return loads(raw)
+
+
+def _short_tail(raw: bytes, j: int, attach_key: bytes, limit_key: bytes) -> dict[str, Any] | None:
+    """The fields from model_usage on without attachments and events_data, or None if unsure."""
+    k = raw.rfind(attach_key, j)
+    if k <= 0:
+        return None
+    try:
+        middle = loads(b"{" + raw[j + 1 : k] + b"}")
+    except ValueError:
+        return None
+    end: Any = {}
+    stop = len(raw)
+    for _ in range(4):  # the limit object holds a "limit" key of its own: try the occurrences before it
+        m = raw.rfind(limit_key, k, stop)
+        if m <= 0:
+            break
+        try:
+            end = loads(b"{" + raw[m + 1 :])
+            break
+        except ValueError:
+            stop = m
+    else:
+        return None
+    if not (isinstance(middle, dict) and isinstance(end, dict) and _MIDDLE_FIELDS.issuperset(middle)
+            and _END_FIELDS.issuperset(end)):
+        return None
+    middle.update(end)
+    return middle
 
 
 # inspect_ai's value_to_float sentinels
@@ -217,20 +262,32 @@ def _usage_tokens(sample: dict[str, Any]) -> tuple[int | None, int | None]:
 
 
 class RowBuilder:
-    """Collects sample columns and per-score values; `take()` returns a table of what it holds."""
+    """Collects sample columns; `take()` returns a table of what it holds (maps kept flat until then)."""
 
     def __init__(self, task: str, schema: pa.Schema) -> None:
         self.task = task
         self.schema = schema
-        self.cols: dict[str, list[Any]] = {n: [] for n in schema.names if n != "run_id"}
-        # for the CLT recompute: per score name, (row's sample-id index, value); epochs are averaged later
-        self._id_index: dict[str, int] = {}
-        self._score_ids: dict[str, array[int]] = {}
-        self._score_vals: dict[str, array[float]] = {}
-        self.n_rows = 0
+        self._clear()
+
+    def _clear(self) -> None:
+        self.sample_id: list[str] = []
+        self.epoch: list[int] = []
+        self.input: list[str] = []
+        self.target: list[str | None] = []
+        self.prediction: list[str | None] = []
+        self.metadata: list[str | None] = []
+        self.latency_ms: list[float | None] = []
+        self.tokens_in: list[int | None] = []
+        self.tokens_out: list[int | None] = []
+        self.score_keys: list[str] = []
+        self.score_vals: list[float] = []
+        self.score_ends: list[int] = [0]
+        self.group_keys: list[str] = []
+        self.group_vals: list[str] = []
+        self.group_ends: list[int] = [0]
 
     def __len__(self) -> int:
-        return len(self.cols["sample_id"])
+        return len(self.sample_id)
 
     def add(self, s: dict[str, Any]) -> None:
         sid = s["id"]
@@ -248,10 +305,13 @@ class RowBuilder:
         meta = s.get("metadata")
         if type(meta) is dict and meta:
             meta = dict(meta)
-            group = [(k, v if type(v) is str else str(v).lower()) for k, v in meta.items()
-                     if (type(v) is str and len(v) <= _GROUP_MAX_CHARS) or type(v) is bool]
+            for k, v in meta.items():
+                if (type(v) is str and len(v) <= _GROUP_MAX_CHARS) or type(v) is bool:
+                    self.group_keys.append(k)
+                    self.group_vals.append(v if type(v) is str else str(v).lower())
         else:
-            meta, group = {}, []
+            meta = {}
+        self.group_ends.append(len(self.group_keys))
         error = s.get("error")
         if error:
             extra["error"] = error.get("message") if type(error) is dict else str(error)
@@ -263,58 +323,90 @@ class RowBuilder:
         if extra:
             meta["inspect"] = extra
         tin, tout = _usage_tokens(s)
-        total_time = s.get("total_time")
-        if type(total_time) is not float and type(total_time) is not int:
-            total_time = None
+        total_time: Any = s.get("total_time")
         inp = s.get("input")
-        c = self.cols
-        c["task"].append(self.task)
-        c["sample_id"].append(sample_id)
-        c["epoch"].append(epoch - 1)  # inspect counts epochs from 1, we from 0
-        c["input"].append(inp if type(inp) is str else render_input(inp))
-        c["target"].append(render_target(s.get("target")))
-        c["prediction"].append(prediction(s.get("output")))
-        c["scores"].append(list(scores.items()))
-        c["logprobs"].append(None)
-        c["group"].append(group)
-        c["metadata"].append(dumps(meta) if meta else None)
-        c["latency_ms"].append(None if total_time is None else total_time * 1000.0)
-        c["tokens_in"].append(tin)
-        c["tokens_out"].append(tout)
-        idx = self._id_index.setdefault(sample_id, len(self._id_index))
-        score_ids = self._score_ids
-        for name, v in scores.items():
-            ids = score_ids.get(name)
-            if ids is None:
-                ids = score_ids[name] = array("q")
-                self._score_vals[name] = array("d")
-            ids.append(idx)
-            self._score_vals[name].append(v)
+        self.sample_id.append(sample_id)
+        self.epoch.append(epoch - 1)  # inspect counts epochs from 1, we from 0
+        self.input.append(inp if type(inp) is str else render_input(inp))
+        self.target.append(render_target(s.get("target")))
+        self.prediction.append(prediction(s.get("output")))
+        self.score_keys.extend(scores)
+        self.score_vals.extend(scores.values())
+        self.score_ends.append(len(self.score_keys))
+        self.metadata.append(dumps(meta) if meta else None)
+        t = type(total_time)
+        self.latency_ms.append(total_time * 1000.0 if t is float or t is int else None)
+        self.tokens_in.append(tin)
+        self.tokens_out.append(tout)
 
     def take(self, run_id: str) -> pa.Table:
         n = len(self)
-        arrays = [pa.array([run_id] * n, pa.string())]
+        given = {
+            "run_id": pa.array([run_id] * n, pa.string()),
+            "task": pa.array([self.task] * n, pa.string()),
+            "sample_id": pa.array(self.sample_id, pa.string()),
+            "epoch": pa.array(self.epoch, pa.int32()),
+            "input": pa.array(self.input, pa.large_string()),
+            "target": pa.array(self.target, pa.large_string()),
+            "prediction": pa.array(self.prediction, pa.large_string()),
+            "scores": pa.MapArray.from_arrays(pa.array(self.score_ends, pa.int32()),
+                                              pa.array(self.score_keys, pa.string()),
+                                              pa.array(self.score_vals, pa.float64())),
+            "group": pa.MapArray.from_arrays(pa.array(self.group_ends, pa.int32()),
+                                             pa.array(self.group_keys, pa.string()),
+                                             pa.array(self.group_vals, pa.string())),
+            "metadata": pa.array(self.metadata, pa.large_string()),
+            "latency_ms": pa.array(self.latency_ms, pa.float64()),
+            "tokens_in": pa.array(self.tokens_in, pa.int64()),
+            "tokens_out": pa.array(self.tokens_out, pa.int64()),
+        }
+        arrays = []
         for field in self.schema:
-            if field.name == "task":
-                arrays.append(pa.array([self.task] * n, field.type))
-                self.cols["task"] = []
-            elif field.name != "run_id":
-                arrays.append(pa.array(self.cols[field.name], field.type))
-                self.cols[field.name] = []
-        self.n_rows += n
+            col = given.get(field.name)
+            if col is None:
+                col = pa.nulls(n, field.type)
+            arrays.append(col if col.type == field.type else col.cast(field.type))
+        self._clear()
         return pa.Table.from_arrays(arrays, schema=self.schema)
+
+
+class ScoreCollector:
+    """Per-sample scores of the delivered tables, for the CLT recompute (epochs are averaged per id)."""
+
+    def __init__(self) -> None:
+        self._index: dict[str, int] = {}
+        self._ids: dict[str, list[np.ndarray]] = {}
+        self._vals: dict[str, list[np.ndarray]] = {}
 
     @property
     def n_unique(self) -> int:
-        return len(self._id_index)
+        return len(self._index)
+
+    def add(self, table: pa.Table) -> None:
+        index = self._index
+        ids = table.column("sample_id").to_pylist()
+        rows = np.fromiter((index.setdefault(i, len(index)) for i in ids), dtype=np.int64, count=len(ids))
+        for chunk, start in _chunks(table.column("scores")):
+            offsets = chunk.offsets.to_numpy()
+            lo, hi = int(offsets[0]), int(offsets[-1])
+            if hi == lo:
+                continue
+            keys = chunk.keys.slice(lo, hi - lo).dictionary_encode()
+            codes = keys.indices.to_numpy(zero_copy_only=False)
+            values = chunk.items.slice(lo, hi - lo).to_numpy(zero_copy_only=False)
+            parent = rows[start + np.repeat(np.arange(len(chunk)), np.diff(offsets))]
+            for code, name in enumerate(keys.dictionary.to_pylist()):
+                mask = codes == code
+                self._ids.setdefault(name, []).append(parent[mask])
+                self._vals.setdefault(name, []).append(values[mask])
 
     def epoch_averaged(self) -> dict[str, CltAccumulator]:
         """Per score name, a CLT accumulator over per-sample means (epochs averaged first)."""
         out: dict[str, CltAccumulator] = {}
-        n_ids = len(self._id_index)
-        for name, ids_arr in self._score_ids.items():
-            ids = np.frombuffer(ids_arr, dtype=np.int64)
-            vals = np.frombuffer(self._score_vals[name], dtype=np.float64)
+        n_ids = len(self._index)
+        for name, id_parts in self._ids.items():
+            ids = np.concatenate(id_parts)
+            vals = np.concatenate(self._vals[name])
             counts = np.bincount(ids, minlength=n_ids)
             sums = np.bincount(ids, weights=vals, minlength=n_ids)
             have = counts > 0
@@ -326,3 +418,55 @@ class RowBuilder:
                 acc.m2 = float(((means - acc.mean) ** 2).sum())
             out[name] = acc
         return out
+
+
+def parse_json(raw: bytes, where: str, path: str, parse: Callable[[bytes], Any] = loads) -> Any:
+    """Parse a member / a sample; errors become ImportFormatError naming `where` and the file."""
+    try:
+        return parse(raw)
+    except UnicodeDecodeError:
+        raise ImportFormatError(f"{where} is not UTF-8 JSON", path=path) from None
+    except ValueError as e:
+        raise ImportFormatError(f"{where} is not valid JSON ({e}); truncated?", path=path) from None
+    except RecursionError:
+        raise ImportFormatError(f"{where}: JSON nested too deeply", path=path) from None
+
+
+def member_samples(chunks: Iterable[list[tuple[str, bytes]]], path: str) -> Iterator[tuple[str, Any]]:
+    """(where, parsed sample) for the `samples/*.json` members read by `_zipindex.read_table`."""
+    for chunk in chunks:
+        for name, raw in chunk:
+            where = f"member {name!r}"
+            yield where, parse_json(raw, where, path, parse_sample)
+
+
+def sample_tables(samples: Iterable[tuple[str, Any]], rows: RowBuilder, run_id: str, batch_rows: int,
+                  path: str) -> Iterator[pa.Table]:
+    """Tables of up to `batch_rows` rows from parsed samples; a sample of the wrong shape raises
+    ImportFormatError saying which one."""
+    for where, sample in samples:
+        if not isinstance(sample, dict):
+            raise ImportFormatError(f"{where}: a sample should be a JSON object", path=path)
+        try:
+            rows.add(sample)
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
+            what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+            raise ImportFormatError(f"{where}: not an inspect_ai sample ({what})", path=path) from None
+        if len(rows) >= batch_rows:
+            yield _take(rows, run_id, path)
+    if len(rows):
+        yield _take(rows, run_id, path)
+
+
+def _take(rows: RowBuilder, run_id: str, path: str) -> pa.Table:
+    try:
+        return rows.take(run_id)
+    except (pa.ArrowException, OverflowError) as e:
+        raise ImportFormatError(f"sample values out of range for the sample table ({e})", path=path) from None
+
+
+def _chunks(col: pa.ChunkedArray) -> Iterator[tuple[Any, int]]:
+    start = 0
+    for chunk in col.chunks:
+        yield chunk, start
+        start += len(chunk)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,44 +100,67 @@ def _scores(metric: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
     return scores, other
 
 
+BATCH_ROWS = 4096  # rows decoded at a time: memory stays bounded whatever the file's size
+
+
+class DetailsFile:
+    """One details Parquet file: opened and checked now (readable, a known layout), rows streamed later."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._file = pq.ParquetFile(path)
+            names = set(self._file.schema_arrow.names)  # a damaged footer can hold names that are not UTF-8
+        except Exception as e:  # noqa: BLE001 - pyarrow raises many types for a damaged file
+            raise ImportFormatError(f"unreadable Parquet file: {str(e)[:200]}", path=str(path)) from None
+        if DETAIL_COLUMNS["nested"] <= names:
+            self._convert = _from_nested
+        elif len(names & DETAIL_COLUMNS["flat"]) >= 4:
+            self._convert = _from_flat
+        else:
+            raise ImportFormatError(
+                "not a lighteval details file: expected columns doc/model_response/metric (current) or "
+                f"example/predictions/metrics/... (older); found {sorted(names)[:12]}", path=str(path))
+
+    def samples(self, run_id: str, task: str, batch_rows: int = BATCH_ROWS) -> Iterator[list[Sample]]:
+        """The rows as Samples (files are per task, one row per doc), `batch_rows` at a time."""
+        path = self.path
+        used: dict[str, int] = {}
+        i = 0
+        batches = self._file.iter_batches(batch_size=batch_rows)
+        while True:
+            try:
+                batch = next(batches, None)
+                rows = [] if batch is None else batch.to_pylist()
+            except Exception as e:  # noqa: BLE001 - pyarrow raises many types for damaged pages
+                raise ImportFormatError(f"cannot decode Parquet rows: {str(e)[:200]}", path=str(path)) from None
+            if batch is None:
+                return
+            samples: list[Sample] = []
+            for row in rows:
+                try:
+                    fields = self._convert(row)
+                except (TypeError, ValueError, AttributeError) as e:
+                    raise ImportFormatError(f"row {i}: unexpected cell value ({e})", path=str(path)) from None
+                sid = fields.pop("sample_id")
+                # identical docs get distinct ids in order of appearance, so ids stay unique and stable
+                k = used.get(sid, 0)
+                used[sid] = k + 1
+                if k:
+                    sid = f"{sid}-{k + 1}"
+                fields["metadata"]["row"] = i
+                try:
+                    samples.append(Sample(run_id=run_id, task=task, sample_id=sid, **fields))
+                except ValidationError as e:
+                    raise ImportFormatError(f"row {i}: {validation_message(e)}", path=str(path)) from None
+                i += 1
+            if samples:
+                yield samples
+
+
 def read_details(path: Path, run_id: str, task: str) -> list[Sample]:
-    """All rows of one details Parquet file as Samples (files are per task, one row per doc)."""
-    try:
-        table = pq.read_table(path)
-        names = set(table.column_names)  # a damaged footer can hold names that are not UTF-8
-    except Exception as e:  # noqa: BLE001 - pyarrow raises many types for a damaged file
-        raise ImportFormatError(f"unreadable Parquet file: {str(e)[:200]}", path=str(path)) from None
-    try:
-        rows = table.to_pylist()
-    except Exception as e:  # noqa: BLE001
-        raise ImportFormatError(f"cannot decode Parquet rows: {str(e)[:200]}", path=str(path)) from None
-    if DETAIL_COLUMNS["nested"] <= names:
-        convert = _from_nested
-    elif len(names & DETAIL_COLUMNS["flat"]) >= 4:
-        convert = _from_flat
-    else:
-        raise ImportFormatError(
-            "not a lighteval details file: expected columns doc/model_response/metric (current) or "
-            f"example/predictions/metrics/... (older); found {sorted(names)[:12]}", path=str(path))
-    samples: list[Sample] = []
-    used: dict[str, int] = {}
-    for i, row in enumerate(rows):
-        try:
-            fields = convert(row)
-        except (TypeError, ValueError, AttributeError) as e:
-            raise ImportFormatError(f"row {i}: unexpected cell value ({e})", path=str(path)) from None
-        sid = fields.pop("sample_id")
-        # identical docs get distinct ids in order of appearance, so ids stay unique and stable
-        k = used.get(sid, 0)
-        used[sid] = k + 1
-        if k:
-            sid = f"{sid}-{k + 1}"
-        fields["metadata"]["row"] = i
-        try:
-            samples.append(Sample(run_id=run_id, task=task, sample_id=sid, **fields))
-        except ValidationError as e:
-            raise ImportFormatError(f"row {i}: {validation_message(e)}", path=str(path)) from None
-    return samples
+    """All rows of one details Parquet file as Samples (small files; importers stream `DetailsFile`)."""
+    return [s for batch in DetailsFile(path).samples(run_id, task) for s in batch]
 
 
 def _sample_id(doc_id: Any, query: str, golds: Any) -> str:
@@ -173,12 +197,7 @@ def _from_nested(row: dict[str, Any]) -> dict[str, Any]:
         if doc.get(key) not in (None, "", {}, []):
             meta[key] = doc[key]
     meta["query"] = query
-    if choices:
-        meta["choices"] = choices
-    if gold_index:
-        meta["gold_index"] = gold_index
-    if other:
-        meta["unaggregated"] = other
+    _add_answers(meta, choices, gold_index, other)
     return {
         "sample_id": _sample_id(doc.get("id"), query, golds or gold_index),
         "input": input_text,
@@ -214,12 +233,7 @@ def _from_flat(row: dict[str, Any]) -> dict[str, Any]:
     for key in ("specifics", "instruction", "num_asked_few_shots", "num_effective_few_shots", "hashes"):
         if row.get(key) not in (None, "", {}, []):
             meta[key] = parse_cell(row[key])
-    if choices:
-        meta["choices"] = choices
-    if gold_index:
-        meta["gold_index"] = gold_index
-    if other:
-        meta["unaggregated"] = other
+    _add_answers(meta, choices, gold_index, other)
     hashes = _as_dict(row.get("hashes"))
     golds = gold or [choices[g] for g in gold_index if isinstance(g, int) and 0 <= g < len(choices)]
     sid = str(hashes["example"]) if hashes.get("example") else _sample_id(None, query, golds)
@@ -234,6 +248,15 @@ def _from_flat(row: dict[str, Any]) -> dict[str, Any]:
         "tokens_in": _count_tokens(_as_list(row.get("input_tokens"))),
         "tokens_out": _count_tokens(_as_list(row.get("cont_tokens"))),
     }
+
+
+def _add_answers(meta: dict[str, Any], choices: list[str], gold_index: list[Any], other: dict[str, Any]) -> None:
+    if choices:
+        meta["choices"] = choices
+    if gold_index:
+        meta["gold_index"] = gold_index
+    if other:
+        meta["unaggregated"] = other
 
 
 def _count_tokens(tokens: list[Any]) -> int | None:

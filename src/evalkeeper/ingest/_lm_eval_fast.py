@@ -15,15 +15,15 @@ next batch overlaps with the store compressing and writing the previous one (bot
 from __future__ import annotations
 
 import os
-import queue
-import threading
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+
+from evalkeeper.ingest._pipeline import in_background
 
 MAX_LINE_BYTES = 16 << 20
 PREFETCH = 1  # finished batches waiting for the consumer (each ~75 MB per 128k generation rows)
@@ -155,21 +155,28 @@ def fast_batches(path: Path, first: dict[str, Any], metrics: list[str], names: l
     filter; `metrics` are the per-sample keys in the file and `names` our metric names for them."""
     check_layout(path, first, metrics)
     sql = _query(path, first, metrics, primary)
+    connection: list[Any] = []
 
-    def convert(table: pa.Table) -> FastBatch:
-        return _to_batch(table, names, task, run_id, schema)
+    def produce() -> Iterator[FastBatch]:
+        for table in _read(sql, batch_rows, connection):
+            yield _to_batch(table, names, task, run_id, schema)
 
-    yield from _prefetched(lambda: _produce(sql, batch_rows), convert)
+    def interrupt() -> None:
+        if connection:
+            connection[0].interrupt()
+
+    yield from in_background(produce(), depth=PREFETCH, name="evalkeeper-lm-eval-reader", on_close=interrupt)
 
 
-def _produce(sql: str, batch_rows: int) -> Iterator[Any]:
-    """Yields the DuckDB connection first (so the consumer can interrupt it), then tables of batch_rows."""
+def _read(sql: str, batch_rows: int, connection: list[Any]) -> Iterator[pa.Table]:
+    """Tables of exactly `batch_rows` rows (the last one shorter); the connection is put in `connection`
+    so the consumer can interrupt a running query."""
     import duckdb
 
     threads = max(1, min(os.cpu_count() or 1, 8))
     con = duckdb.connect(config={"threads": threads, "memory_limit": "768MB", "preserve_insertion_order": True})
+    connection.append(con)
     try:
-        yield con
         reader = con.sql(sql).to_arrow_reader(min(batch_rows, 1 << 16))
         pending: list[pa.RecordBatch] = []
         rows = 0
@@ -185,59 +192,6 @@ def _produce(sql: str, batch_rows: int) -> Iterator[Any]:
             yield pa.Table.from_batches(pending)
     finally:
         con.close()
-
-
-_DONE = object()
-
-
-def _prefetched(produce: Callable[[], Iterator[Any]], convert: Callable[[pa.Table], FastBatch]
-                ) -> Iterator[FastBatch]:
-    """Run `produce` + `convert` in a thread, PREFETCH results ahead; errors re-raise in the consumer.
-
-    Closing the generator early (an error downstream) stops the thread and interrupts DuckDB.
-    """
-    q: queue.Queue[Any] = queue.Queue(maxsize=max(1, PREFETCH))
-    stop = threading.Event()
-    con: list[Any] = []
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        try:
-            it = produce()
-            con.append(next(it))
-            for table in it:
-                if stop.is_set() or not put(convert(table)):
-                    return
-            put(_DONE)
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
-            put(e)
-
-    thread = threading.Thread(target=work, name="evalkeeper-lm-eval-reader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        if con and thread.is_alive():
-            try:
-                con[0].interrupt()
-            except Exception:  # noqa: BLE001 - best effort; the thread stops at its next batch anyway
-                pass
-        thread.join()
 
 
 def _const_strings(value: str, n: int) -> pa.Array:

@@ -12,12 +12,10 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-import numpy as np
 import zstandard
 
 from evalkeeper.core.errors import ImportFormatError
@@ -183,98 +181,60 @@ class ZipReader:
     # -- member data -----------------------------------------------------------------------------------
     def read(self, m: Member) -> bytes:
         """The decompressed bytes of member `m`, checked against its size and CRC."""
-        if m.file_size > self.max_member_bytes:
-            raise self._fail(
-                f"member {m.name!r} claims {m.file_size} bytes uncompressed "
-                f"(limit {self.max_member_bytes}); refusing to inflate it"
-            )
-        if m.header_offset + 30 + m.compressed_size > self.size:
-            raise self._fail(f"member {m.name!r} extends past end of file (truncated?)")
+        self._check_claims(m.name, m.flags, m.compressed_size, m.file_size, m.header_offset)
         f = self._f
         f.seek(m.header_offset)
         head = f.read(30)
-        if len(head) != 30 or head[:4] != _LOCAL:
-            raise self._fail(f"bad local header for member {m.name!r}")
-        nlen, elen = _LOCAL_FMT.unpack_from(head)[9:11]
-        if nlen or elen:
-            f.seek(nlen + elen, os.SEEK_CUR)
+        skip = self._local_skip(m.name, head)
+        if skip:
+            f.seek(skip, os.SEEK_CUR)
         data = f.read(m.compressed_size)
         if len(data) != m.compressed_size:
             raise self._fail(f"member {m.name!r} truncated")
-        if m.flags & 0x1:
-            raise self._fail(f"member {m.name!r} is encrypted")
+        return self._inflate(m.name, m.method, m.crc, m.file_size, data)
+
+    def _check_claims(self, name: str, flags: int, compressed_size: int, file_size: int, offset: int) -> None:
+        if file_size > self.max_member_bytes:
+            raise self._fail(
+                f"member {name!r} claims {file_size} bytes uncompressed "
+                f"(limit {self.max_member_bytes}); refusing to inflate it"
+            )
+        if offset + 30 + compressed_size > self.size:
+            raise self._fail(f"member {name!r} extends past end of file (truncated?)")
+        if flags & 0x1:
+            raise self._fail(f"member {name!r} is encrypted")
+
+    def _local_skip(self, name: str, head: bytes) -> int:
+        """Bytes of name and extra field after the 30-byte local header."""
+        if len(head) != 30 or head[:4] != _LOCAL:
+            raise self._fail(f"bad local header for member {name!r}")
+        nlen, elen = _LOCAL_FMT.unpack_from(head)[9:11]
+        return int(nlen + elen)
+
+    def _inflate(self, name: str, method: int, crc: int, file_size: int, data: bytes | memoryview) -> bytes:
+        """Decompress one member's data and check it against the directory's size and CRC."""
         try:
-            if m.method == METHOD_ZSTD:
+            if method == METHOD_ZSTD:
                 # A frame that states its size is inflated to that size whatever max_output_size says,
                 # so check the claim before trusting it.
                 claimed = zstandard.get_frame_parameters(data).content_size
-                if claimed != _ZSTD_UNKNOWN_SIZE and claimed != m.file_size:
-                    raise self._fail(f"member {m.name!r}: zstd frame claims {claimed} bytes, "
-                                     f"directory says {m.file_size}")
-                out = self._zstd.decompress(data, max_output_size=m.file_size + 1)
-            elif m.method == METHOD_DEFLATE:
+                if claimed != _ZSTD_UNKNOWN_SIZE and claimed != file_size:
+                    raise self._fail(f"member {name!r}: zstd frame claims {claimed} bytes, "
+                                     f"directory says {file_size}")
+                out = self._zstd.decompress(data, max_output_size=file_size + 1)
+            elif method == METHOD_DEFLATE:
                 d = zlib.decompressobj(-15)
-                out = d.decompress(data, m.file_size + 1)
+                out = d.decompress(data, file_size + 1)
                 if not d.eof:
-                    raise self._fail(f"member {m.name!r}: deflate stream incomplete or larger than declared")
-            elif m.method == METHOD_STORED:
-                out = data
+                    raise self._fail(f"member {name!r}: deflate stream incomplete or larger than declared")
+            elif method == METHOD_STORED:
+                out = bytes(data)
             else:
-                raise self._fail(f"member {m.name!r} uses unsupported compression method {m.method}")
+                raise self._fail(f"member {name!r} uses unsupported compression method {method}")
         except (zstandard.ZstdError, zlib.error) as e:
-            raise self._fail(f"member {m.name!r} does not decompress: {e}") from None
-        if len(out) != m.file_size:
-            raise self._fail(f"member {m.name!r} is {len(out)} bytes, directory says {m.file_size}")
-        if zlib.crc32(out) != m.crc:
-            raise self._fail(f"member {m.name!r} fails its CRC check")
+            raise self._fail(f"member {name!r} does not decompress: {e}") from None
+        if len(out) != file_size:
+            raise self._fail(f"member {name!r} is {len(out)} bytes, directory says {file_size}")
+        if zlib.crc32(out) != crc:
+            raise self._fail(f"member {name!r} fails its CRC check")
         return out
-
-
-class MemberIndex:
-    """A compact list of members (columns of machine ints, names in one blob): a million entries cost
-    tens of MB instead of the hundreds that `Member` objects would. Iterating yields `Member`s in archive
-    order; when a name occurs more than once only its last entry is kept (what name lookup in a zip
-    resolves to, and how inspect re-logs a sample)."""
-
-    def __init__(self) -> None:
-        self._names = bytearray()
-        self._name_end = array("q")
-        self._ints = array("q")  # method, flags, crc, compressed_size, file_size, header_offset per member
-        self._hashes = array("q")
-
-    def add(self, m: Member) -> None:
-        raw = m.name.encode()
-        self._names += raw
-        self._name_end.append(len(self._names))
-        self._ints.extend((m.method, m.flags, m.crc, m.compressed_size, m.file_size, m.header_offset))
-        self._hashes.append(hash(raw))
-
-    def __len__(self) -> int:
-        return len(self._name_end)
-
-    def _member(self, k: int) -> Member:
-        start = self._name_end[k - 1] if k else 0
-        name = self._names[start : self._name_end[k]].decode()
-        method, flags, crc, csize, usize, offset = self._ints[6 * k : 6 * k + 6]
-        return Member(name, method, flags, crc, csize, usize, offset)
-
-    def _superseded(self) -> set[int]:
-        """Positions of entries whose name occurs again later."""
-        hashes = np.frombuffer(self._hashes, dtype=np.int64)
-        if len(hashes) < 2:
-            return set()
-        uniq, counts = np.unique(hashes, return_counts=True)
-        dup_hashes = set(uniq[counts > 1].tolist())
-        if not dup_hashes:
-            return set()
-        last: dict[str, int] = {}
-        for k in np.flatnonzero(np.isin(hashes, list(dup_hashes))).tolist():
-            last[self._member(k).name] = k  # hash collisions are told apart by the real names here
-        return {k for k in np.flatnonzero(np.isin(hashes, list(dup_hashes))).tolist()
-                if last[self._member(k).name] != k}
-
-    def __iter__(self) -> Iterator[Member]:
-        skip = self._superseded()
-        for k in range(len(self)):
-            if k not in skip:
-                yield self._member(k)

@@ -8,7 +8,6 @@ multi-GB log imports in bounded memory. A folder of logs imports as one run per 
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,16 +17,27 @@ import pyarrow as pa
 from evalkeeper.core.errors import ImportFormatError
 from evalkeeper.core.ids import new_run_id, sha256_file
 from evalkeeper.core.records import MetricResult, ModelInfo, Provenance, Run, TaskInfo
-from evalkeeper.ingest._inspect_rows import RowBuilder, loads, parse_sample
-from evalkeeper.ingest._zipread import Member, MemberIndex, ZipReader
+from evalkeeper.ingest._inspect_parallel import WorkersFailed, parallel_tables, worker_count
+from evalkeeper.ingest._inspect_rows import (
+    RowBuilder,
+    ScoreCollector,
+    member_samples,
+    parse_json,
+    sample_tables,
+)
+from evalkeeper.ingest._pipeline import in_background
+from evalkeeper.ingest._zipindex import MemberTable, read_table, scan_directory
+from evalkeeper.ingest._zipread import ZipReader
 from evalkeeper.ingest.base import ImportedRun, apply_clt, fill_source_ci
 
 __all__ = ["InspectImporter"]
 
 BATCH_ROWS = 32_768
+READ_AHEAD = 8  # chunks of 256 decompressed members the reader thread may hold ready
+PARALLEL_MIN_SAMPLES = 20_000  # smaller logs are read in-process (starting workers costs ~1 s)
+WORKER_CHUNK = 1024  # members per task sent to a worker process
 _PRIMARY_METRICS = ("accuracy", "mean")
 _STATUS = {"success": "complete", "started": "running", "error": "failed", "cancelled": "failed"}
-_SAMPLE_MEMBER = re.compile(r"^samples/.+\.json$")
 _JSON_SNIFF = 64 * 1024
 
 
@@ -237,79 +247,87 @@ class _Log:
                 self.metrics.append(mr)
 
     def _batches(self) -> Iterator[pa.Table]:
+        collector = ScoreCollector()
+        for table in self._tables():
+            collector.add(table)
+            yield table
+        self._finish(collector)
+
+    def _tables(self) -> Iterator[pa.Table]:
+        """The sample rows, BATCH_ROWS at a time (read in this process)."""
         from evalkeeper.store.samples import SAMPLE_SCHEMA
 
         rows = RowBuilder(self.task_info.name, SAMPLE_SCHEMA)
-        for where, sample in self.samples():
-            if not isinstance(sample, dict):
-                raise ImportFormatError(f"{where}: a sample should be a JSON object", path=str(self.path))
-            try:
-                rows.add(sample)
-            except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
-                what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
-                raise ImportFormatError(f"{where}: not an inspect_ai sample ({what})", path=str(self.path)) from None
-            if len(rows) >= BATCH_ROWS:
-                yield self._take(rows)
-        if len(rows):
-            yield self._take(rows)
-        self._finish(rows)
+        yield from sample_tables(self.samples(), rows, self.run_id, BATCH_ROWS, str(self.path))
 
-    def _take(self, rows: RowBuilder) -> pa.Table:
-        try:
-            return rows.take(self.run_id)
-        except (pa.ArrowException, OverflowError) as e:
-            raise ImportFormatError(f"sample values out of range for the sample table ({e})",
-                                    path=str(self.path)) from None
-
-    def _finish(self, rows: RowBuilder) -> None:
+    def _finish(self, scores: ScoreCollector) -> None:
         """Every sample seen: recompute CLT stderr/CI where a metric is the mean of its sample scores."""
-        for name, acc in rows.epoch_averaged().items():
+        for name, acc in scores.epoch_averaged().items():
             mr = self.by_name.get(name)
             if mr is not None:
                 apply_clt(mr, acc)
         for mr in self.metrics:
             fill_source_ci(mr)  # metrics that are no mean of sample scores: a CI from the carried stderr
-        self.task_info.n_samples = rows.n_unique
+        self.task_info.n_samples = scores.n_unique
 
 
 class _EvalZipLog(_Log):
     """A `.eval` zip; `header.json` when the eval finished, else `_journal/start.json` (still running)."""
 
     def header(self) -> dict[str, Any]:
-        # one pass over the central directory: the header member, and a compact index of the samples
-        self._samples = MemberIndex()
-        wanted: dict[str, Member] = {}
+        # one pass over the central directory: the header member, and a compact table of the samples
         with ZipReader(self.path) as z:
-            for m in z.members():
-                if _SAMPLE_MEMBER.match(m.name):
-                    self._samples.add(m)
-                elif m.name in ("header.json", "_journal/start.json"):
-                    wanted[m.name] = m
+            self._samples: MemberTable
+            self._samples, others = scan_directory(z, b"samples/", b".json")
+            wanted = {m.name: m for m in others if m.name in ("header.json", "_journal/start.json")}
             member = wanted.get("header.json") or wanted.get("_journal/start.json")
             if member is None:
                 raise ImportFormatError("not an inspect_ai .eval log: no header.json or _journal/start.json",
                                         path=str(self.path))
-            data = self._json(z.read(member), member.name)
+            data = parse_json(z.read(member), f"member {member.name!r}", str(self.path))
         if not isinstance(data, dict):
             raise ImportFormatError(f"{member.name} should be a JSON object", path=str(self.path))
         if member.name != "header.json":
             data = {**data, "status": "started"}
         return data
 
-    def _json(self, raw: bytes, name: str, parse: Any = loads) -> Any:
-        try:
-            return parse(raw)
-        except UnicodeDecodeError:
-            raise ImportFormatError(f"member {name!r} is not UTF-8 JSON", path=str(self.path)) from None
-        except ValueError as e:
-            raise ImportFormatError(f"member {name!r} is not valid JSON ({e})", path=str(self.path)) from None
-        except RecursionError:
-            raise ImportFormatError(f"member {name!r}: JSON nested too deeply", path=str(self.path)) from None
-
-    def samples(self) -> Iterator[tuple[str, dict[str, Any]]]:
+    def samples(self, start: int = 0) -> Iterator[tuple[str, dict[str, Any]]]:
+        # reading and decompressing (GIL released) run in a thread, ahead of the parsing here
         with ZipReader(self.path) as z:
-            for m in self._samples:
-                yield f"member {m.name!r}", self._json(z.read(m), m.name, parse_sample)
+            chunks = in_background(read_table(z, self._samples, start=start), depth=READ_AHEAD,
+                                   name="evalkeeper-eval-reader")
+            try:
+                yield from member_samples(chunks, str(self.path))
+            finally:
+                chunks.close()
+
+    def _tables(self) -> Iterator[pa.Table]:
+        """Big logs: rows from worker processes (see _inspect_parallel), else read here."""
+        from evalkeeper.store.samples import SAMPLE_SCHEMA
+
+        workers = worker_count(len(self._samples), PARALLEL_MIN_SAMPLES)
+        if not workers:
+            yield from super()._tables()
+            return
+        pending: list[pa.Table] = []
+        n_pending = 0
+        try:
+            for _done, table in parallel_tables(self.path, self._samples, self.task_info.name, self.run_id,
+                                               SAMPLE_SCHEMA, workers=workers, chunk=WORKER_CHUNK):
+                pending.append(table)
+                n_pending += table.num_rows
+                if n_pending >= BATCH_ROWS:
+                    yield pa.concat_tables(pending)
+                    pending, n_pending = [], 0
+        except WorkersFailed as e:
+            # what was delivered stays; the rest is read in this process
+            if pending:
+                yield pa.concat_tables(pending)
+            rows = RowBuilder(self.task_info.name, SAMPLE_SCHEMA)
+            yield from sample_tables(self.samples(start=e.done), rows, self.run_id, BATCH_ROWS, str(self.path))
+            return
+        if pending:
+            yield pa.concat_tables(pending)
 
 
 _SAMPLES_OPEN = b'  "samples": [\n'
@@ -336,16 +354,6 @@ class _JsonLog(_Log):
         except OSError as e:
             raise ImportFormatError(f"cannot read file: {e.strerror or e}", path=str(self.path)) from None
 
-    def _parse(self, raw: bytes, where: str) -> Any:
-        try:
-            return loads(raw)
-        except UnicodeDecodeError:
-            raise ImportFormatError(f"{where}: not UTF-8 JSON", path=str(self.path)) from None
-        except ValueError as e:
-            raise ImportFormatError(f"{where}: invalid JSON ({e}); truncated?", path=str(self.path)) from None
-        except RecursionError:
-            raise ImportFormatError(f"{where}: JSON nested too deeply", path=str(self.path)) from None
-
     def header(self) -> dict[str, Any]:
         kept: list[bytes] = []
         in_samples = False
@@ -360,7 +368,7 @@ class _JsonLog(_Log):
                     in_samples = True
                 else:
                     kept.append(line)
-        data = self._parse(b"".join(kept), "log")
+        data = parse_json(b"".join(kept), "the log", str(self.path))
         if not isinstance(data, dict) or not isinstance(data.get("eval"), dict):
             raise ImportFormatError("not an inspect_ai log: no 'eval' object", path=str(self.path))
         samples = data.pop("samples", None)
@@ -395,7 +403,8 @@ class _JsonLog(_Log):
                     chunk = [line]
                 elif line in _SAMPLE_CLOSE:
                     chunk.append(b"    }")
-                    yield f"samples[{i}]", self._parse(b"".join(chunk), f"samples[{i}] (ending line {lineno})")
+                    yield f"samples[{i}]", parse_json(b"".join(chunk), f"samples[{i}] (ending line {lineno})",
+                                                      str(self.path))
                     chunk = None
                     i += 1
                 else:

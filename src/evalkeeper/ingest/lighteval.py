@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,9 @@ from pydantic import ValidationError
 from evalkeeper.core.errors import ImportFormatError
 from evalkeeper.core.ids import fingerprint, new_run_id, sha256_files
 from evalkeeper.core.records import MetricResult, ModelInfo, Provenance, Run, Sample, TaskInfo
-from evalkeeper.ingest._lighteval_details import DETAIL_COLUMNS, read_details
+from evalkeeper.ingest._lighteval_details import DETAIL_COLUMNS, DetailsFile
 from evalkeeper.ingest.base import (
+    CltAccumulator,
     ImportedRun,
     apply_clt,
     as_float,
@@ -275,20 +277,12 @@ def _build(results_file: Path, data: dict[str, Any]) -> ImportedRun:
             tasks.append(info)
             loaders.append((info, p, {}))
 
-    # Details are small (one row per doc) and read now, so that metrics are final before the store sees them
-    # and a bad Parquet file fails the import before anything is written.
-    batches: list[list[Sample]] = []
-    for info, p, by_name in loaders:
-        samples = read_details(p, run_id, info.name)
-        batches.append(samples)
-        info.n_samples = len(samples)
-        _recompute(info, samples, by_name, metrics, run_id)
-
-    for mr in metrics:
-        fill_source_ci(mr)
-    # a metric lighteval could not compute is NaN (or inf) in the JSON; with no samples to recompute it from,
-    # it has no value that can be stored
-    metrics = [mr for mr in metrics if math.isfinite(mr.value)]
+    # Each details file is opened (and its layout checked) now, so a bad file fails the import before anything
+    # is written; its rows are streamed, and the metrics refined in place once they have all been seen.
+    opened = [(info, DetailsFile(p), by_name) for info, p, by_name in loaders]
+    batches: Iterable[list[Sample]] = _stream_details(opened, metrics, run_id)
+    if not opened:
+        _finish_metrics(metrics)
     source_files = [f] + [p for _, p, _ in loaders]
     # lighteval names the file after the moment it saved (the end of the run), in local time without a zone
     end = _date_of(f)
@@ -355,27 +349,48 @@ def _higher_is_better(cfg: dict[str, Any]) -> dict[str, bool]:
     return out
 
 
-def _recompute(info: TaskInfo, samples: list[Sample], by_name: dict[str, MetricResult],
+def _stream_details(opened: list[tuple[TaskInfo, DetailsFile, dict[str, MetricResult]]],
+                    metrics: list[MetricResult], run_id: str) -> Iterator[list[Sample]]:
+    for info, details, by_name in opened:
+        scores: dict[str, CltAccumulator] = {}  # in order of first appearance
+        n = 0
+        for samples in details.samples(run_id, info.name):
+            for s in samples:
+                for k, v in s.scores.items():
+                    acc = scores.get(k)
+                    if acc is None:
+                        acc = scores[k] = CltAccumulator()
+                    acc.add(v)
+            n += len(samples)
+            yield samples
+        info.n_samples = n
+        _recompute(info, scores, n, by_name, metrics, run_id)
+    _finish_metrics(metrics)
+
+
+def _finish_metrics(metrics: list[MetricResult]) -> None:
+    for mr in metrics:
+        fill_source_ci(mr)
+    # a metric lighteval could not compute is NaN (or inf) in the JSON; with no samples to recompute it from,
+    # it has no value that can be stored (the list is changed in place: it is the ImportedRun's)
+    metrics[:] = [mr for mr in metrics if math.isfinite(mr.value)]
+
+
+def _recompute(info: TaskInfo, scores: dict[str, CltAccumulator], n: int, by_name: dict[str, MetricResult],
                metrics: list[MetricResult], run_id: str) -> None:
     """CLT stderr/CI from the detail rows for every metric whose per-sample mean is the reported value."""
-    names: list[str] = []
-    for s in samples:
-        for k in s.scores:
-            if k not in names:
-                names.append(k)
-    for name in names:
-        values = [s.scores.get(name, math.nan) for s in samples]
+    for name, acc in scores.items():
         mr = by_name.get(name)
         if mr is None:  # a per-sample metric the results JSON does not report: the per-sample mean is it
             mr = MetricResult(run_id=run_id, task=info.name, metric=name, value=math.nan, method="source")
             by_name[name] = mr
             metrics.append(mr)
             info.metrics.append(name)
-        apply_clt(mr, values)
+        apply_clt(mr, acc)
         if mr.method != "clt" and mr.n is None:
-            mr.n = len(samples)
+            mr.n = n
     for mr in by_name.values():
         if mr.n is None:
-            mr.n = len(samples)
+            mr.n = n
 
 
