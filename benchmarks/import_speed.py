@@ -10,6 +10,9 @@ imports, so keep them with --workdir/--reuse when running it more than once):
     # quick check while developing: 100k lm-eval samples, a 100 MB .eval
     .venv/bin/python benchmarks/import_speed.py --lm-samples 100000 --inspect-mb 100 --inspect-python ...
 
+    # also a log of typical-size samples (8-word questions, ~7 KiB of JSON each), for samples/s
+    .venv/bin/python benchmarks/import_speed.py ... --inspect-samples 200000
+
 What it does: writes, in a temp folder, an lm-eval output (`results_<date>.json` + a 1M-line
 `samples_<task>_<date>.jsonl`, lines shaped like lm-eval 0.4's generate_until samples) and an inspect
 `.eval` log (real zip layout: `_journal/start.json`, `samples/<id>_epoch_<n>.json` members made from a
@@ -26,7 +29,9 @@ Each measured phase then runs in its own subprocess, so its peak RSS is its own:
                  inspect's one-sample-at-a-time `read_eval_log_samples` on the same file, stopped after
                  --inspect-max-seconds, and the speed-up is the ratio of samples/s.
 
-Peak RSS is each phase's own VmHWM (ru_maxrss is inherited from the parent across fork + exec on Linux).
+Peak RSS is each phase's own VmHWM (ru_maxrss is inherited from the parent across fork + exec on Linux);
+for our importers also the peak of main + worker processes' RSS (sampled every 50 ms), the CPU seconds of
+the process and its workers, and the load average before and after (the machine may be shared).
 `--workdir DIR --reuse` keeps the generated files for later runs (generating takes longer than importing).
 
 Targets (DESIGN/issue 2): >= 200,000 samples/s, peak RSS < 1.5 GB, >= 10x faster than inspect's reader.
@@ -172,8 +177,10 @@ def _replace_strings(obj: Any, mapping: dict[str, str]) -> Any:
     return obj
 
 
-def make_inspect_eval(path: Path, target_bytes: int) -> dict[str, Any]:
-    """A `.eval` log of about `target_bytes`, built from a sample inspect 0.3.285 wrote (q03, epoch 1)."""
+def make_inspect_eval(path: Path, target_bytes: int, n_samples: int | None = None,
+                      words: int = 60) -> dict[str, Any]:
+    """A `.eval` log of about `target_bytes` (or of exactly `n_samples` samples), built from a sample
+    inspect 0.3.285 wrote (q03, epoch 1); questions have `words` words (60: long, 8: typical QA)."""
     import numpy as np
 
     members = _fixture_members()
@@ -190,15 +197,20 @@ def make_inspect_eval(path: Path, target_bytes: int) -> dict[str, Any]:
     per_score: dict[str, list[float]] = {"match": [], "includes": [], "digits_credit": [], "answer_length": []}
     ids: list[str] = []
     header = json.loads(members["header.json"])
+    json_bytes = 0
+
+    def more(f: Any, i: int) -> bool:
+        return i < n_samples if n_samples is not None else f.tell() < target_bytes
+
     with open(path, "wb") as f:
         z = _ZipWriter(f)
         z.add("_journal/start.json", members["_journal/start.json"])
         i = 0
-        while f.tell() < target_bytes:
-            block = rng.random(1024)
+        while more(f, i):
+            block = rng.random(1024 if n_samples is None else min(1024, n_samples - i))
             for r in block:
                 sid = f"s{i:07d}"
-                q = f"Question {i}: {_sentence(i, 60)}? Answer with the number only."
+                q = f"Question {i}: {_sentence(i, words)}? Answer with the number only."
                 tgt = str(i % 97)
                 kind = 0 if r < 0.55 else (1 if r < 0.75 else 2)  # exact, target inside text, wrong
                 out = tgt if kind == 0 else (f"The answer is {tgt}, {_sentence(i + 1, 20)}" if kind == 1
@@ -215,7 +227,9 @@ def make_inspect_eval(path: Path, target_bytes: int) -> dict[str, Any]:
                        .replace("@ID@", sid).replace("@TGT@", tgt)
                        .replace('"@SCORES@"', json.dumps(scores, separators=(",", ":")))
                        .replace('"@META@"', json.dumps(meta, separators=(",", ":"))))
-                z.add(f"samples/{sid}_epoch_1.json", doc.encode())
+                raw = doc.encode()
+                json_bytes += len(raw)
+                z.add(f"samples/{sid}_epoch_1.json", raw)
                 per_score["match"].append(m)
                 per_score["includes"].append(inc)
                 per_score["digits_credit"].append({"C": 1.0, "P": 0.5, "I": 0.0}[dc])
@@ -245,7 +259,8 @@ def make_inspect_eval(path: Path, target_bytes: int) -> dict[str, Any]:
         header["eval"]["task_args"] = {"epochs": 1}
         z.add("header.json", json.dumps(header).encode())
         z.close()
-    return {"path": str(path), "samples": n, "bytes": path.stat().st_size, "truth": truth}
+    return {"path": str(path), "samples": n, "bytes": path.stat().st_size, "json_bytes": json_bytes,
+            "truth": truth}
 
 
 # -- measured phases (each in its own process) ----------------------------------------------------------
@@ -263,7 +278,61 @@ def _maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+class _TreeRss:
+    """Peak of the summed RSS of this process and its children (the inspect importer's worker processes),
+    sampled every 50 ms; VmHWM alone would miss the workers."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _rss(pid: int | str) -> int:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def _children(self) -> list[str]:
+        import os
+
+        out: list[str] = []
+        try:
+            for tid in os.listdir("/proc/self/task"):
+                with open(f"/proc/self/task/{tid}/children") as f:
+                    out.extend(f.read().split())
+        except OSError:
+            pass
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self._rss("self") + sum(self._rss(c) for c in self._children()))
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU time (user + system) of this process and of its waited-for children."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
 def phase_ours(path: str, fmt: str, ws_home: str) -> dict[str, Any]:
+    import os
+
     sys.path.insert(0, str(REPO / "src"))
     from evalkeeper.ingest.inspect import InspectImporter
     from evalkeeper.ingest.lm_eval import LmEvalImporter
@@ -271,6 +340,9 @@ def phase_ours(path: str, fmt: str, ws_home: str) -> dict[str, Any]:
 
     ws = open_workspace(home=ws_home)
     importer = InspectImporter() if fmt == "inspect" else LmEvalImporter()
+    tree = _TreeRss()
+    load_before = os.getloadavg()[0]
+    cpu0, kids0 = _cpu_seconds()
     t0 = time.perf_counter()
     loaded = importer.load(Path(path))
     items = loaded if isinstance(loaded, list) else [loaded]
@@ -280,7 +352,11 @@ def phase_ours(path: str, fmt: str, ws_home: str) -> dict[str, Any]:
         run = ws.add_run(item.run, item.metrics, item.batches)
         n += run.n_samples
         metrics.update({f"{m.task}/{m.metric}": [m.value, m.stderr, m.method] for m in item.metrics})
-    return {"seconds": time.perf_counter() - t0, "samples": n, "metrics": metrics}
+    seconds = time.perf_counter() - t0
+    cpu1, kids1 = _cpu_seconds()
+    return {"seconds": seconds, "samples": n, "metrics": metrics, "cpu_seconds": cpu1 - cpu0,
+            "child_cpu_seconds": kids1 - kids0, "tree_peak_rss_bytes": tree.stop(),
+            "loadavg": [load_before, os.getloadavg()[0]]}
 
 
 def phase_inspect(path: str, mode: str, budget_s: float | None = None) -> dict[str, Any]:
@@ -346,12 +422,46 @@ def _phase_main(argv: list[str]) -> None:
 
 # -- driver ---------------------------------------------------------------------------------------------
 
+def _sample_json_bytes(path: Path) -> int:
+    sys.path.insert(0, str(REPO / "src"))
+    from evalkeeper.ingest._zipindex import scan_directory
+    from evalkeeper.ingest._zipread import ZipReader
+
+    with ZipReader(path) as z:
+        table, _ = scan_directory(z, b"samples/", b".json")
+    return int(table.file_size.sum())
+
+
+def _inspect_phase(py: str, tmp: Path, ws: str, ev: dict[str, Any], label: str) -> dict[str, Any]:
+    """Import one generated .eval; print samples/s, MB/s of sample JSON, and the metrics against the truth."""
+    shutil.rmtree(tmp / ws, ignore_errors=True)
+    r = run_phase(py, ["ours-inspect", ev["path"], str(tmp / ws)])
+    print(f"{label} {_fmt(r)}")
+    if "error" in r:
+        return r
+    if "json_bytes" not in ev:  # generated by an older version of this script
+        ev["json_bytes"] = _sample_json_bytes(Path(ev["path"]))
+    per = ev["json_bytes"] / max(ev["samples"], 1)
+    if per:
+        print(f"  {ev['json_bytes'] / 2**20 / r['seconds']:,.0f} MiB/s of sample JSON ({per / 1024:.1f} KiB per "
+              f"sample), {ev['bytes'] / 2**20 / r['seconds']:,.0f} MiB/s of .eval file")
+    for name, (mean, se) in ev["truth"].items():
+        got = r["metrics"].get(f"arith/{name}")
+        ok = got is not None and abs(got[0] - mean) < 1e-9 and abs((got[1] or 0) - se) < 1e-9
+        print(f"  metric {name}: {got} vs generated truth ({mean:.6f}, {se:.6f}) {'OK' if ok else 'MISMATCH'}")
+    return r
+
+
 def _fmt(r: dict[str, Any]) -> str:
     if "error" in r:
         return f"FAILED ({r['error'].strip().splitlines()[-1] if r['error'].strip() else r['returncode']})"
     rate = r["samples"] / r["seconds"] if r["seconds"] else float("inf")
-    return (f"{r['samples']:>9,} samples in {r['seconds']:7.2f} s = {rate:>9,.0f} samples/s, "
+    text = (f"{r['samples']:>9,} samples in {r['seconds']:7.2f} s = {rate:>9,.0f} samples/s, "
             f"peak RSS {r['peak_rss_bytes'] / 2**30:5.2f} GiB")
+    if "cpu_seconds" in r:
+        text += (f" (with worker processes {r['tree_peak_rss_bytes'] / 2**30:.2f} GiB); CPU {r['cpu_seconds']:.1f} s"
+                 f" + workers {r['child_cpu_seconds']:.1f} s; load {r['loadavg'][0]:.1f} -> {r['loadavg'][1]:.1f}")
+    return text
 
 
 def main() -> None:
@@ -373,6 +483,8 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true",
                     help="with --workdir: reuse the files a previous run generated there")
     ap.add_argument("--skip-lm", action="store_true", help="do not time the lm-eval import")
+    ap.add_argument("--inspect-samples", type=int, default=0,
+                    help="also import a log of this many typical-size samples (8-word questions; 0: skip)")
     a = ap.parse_args()
     tmp = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="ek-import-speed-"))
     tmp.mkdir(parents=True, exist_ok=True)
@@ -399,15 +511,19 @@ def main() -> None:
             shutil.rmtree(tmp / "ws-lm", ignore_errors=True)
             report["ours-lm"] = run_phase(py, ["ours-lm", lm["path"], str(tmp / "ws-lm")])
             print(f"evalkeeper lm-eval import:   {_fmt(report['ours-lm'])}")
-        shutil.rmtree(tmp / "ws-inspect", ignore_errors=True)
-        report["ours-inspect"] = run_phase(py, ["ours-inspect", ev["path"], str(tmp / "ws-inspect")])
-        print(f"evalkeeper inspect import:   {_fmt(report['ours-inspect'])}")
-        ours = report["ours-inspect"]
-        if "metrics" in ours:
-            for name, (mean, se) in ev["truth"].items():
-                got = ours["metrics"].get(f"arith/{name}")
-                ok = got is not None and abs(got[0] - mean) < 1e-9 and abs((got[1] or 0) - se) < 1e-9
-                print(f"  metric {name}: {got} vs generated truth ({mean:.6f}, {se:.6f}) {'OK' if ok else 'MISMATCH'}")
+        ours = report["ours-inspect"] = _inspect_phase(py, tmp, "ws-inspect", ev, "evalkeeper inspect import:  ")
+
+        if a.inspect_samples:
+            typical_file = tmp / "typical.json"
+            typ = json.loads(typical_file.read_text()) if a.reuse and typical_file.is_file() else None
+            if typ is None or typ["samples"] != a.inspect_samples:
+                t = time.perf_counter()
+                typ = make_inspect_eval(tmp / "typical.eval", 0, n_samples=a.inspect_samples, words=8)
+                print(f"generated typical-size inspect .eval: {typ['samples']:,} samples, "
+                      f"{typ['bytes'] / 2**20:,.0f} MiB ({time.perf_counter() - t:.1f} s)")
+                typical_file.write_text(json.dumps(typ))
+            report["ours-inspect-typical"] = _inspect_phase(py, tmp, "ws-typical", typ,
+                                                            "evalkeeper inspect import, typical samples:")
 
         if a.inspect_python:
             # inspect's reader is slow and holds the whole log in memory: probe it on a small log first
