@@ -10,7 +10,8 @@ imports, so keep them with --workdir/--reuse when running it more than once):
     # quick check while developing: 100k lm-eval samples, a 100 MB .eval
     .venv/bin/python benchmarks/import_speed.py --lm-samples 100000 --inspect-mb 100 --inspect-python ...
 
-    # also a log of typical-size samples (8-word questions, ~7 KiB of JSON each), for samples/s
+    # also a log of N typical-size samples (8-word questions; the mock eval's own events make each
+    # ~10 KiB of JSON), for samples/s on a count rather than a size
     .venv/bin/python benchmarks/import_speed.py ... --inspect-samples 200000
 
 What it does: writes, in a temp folder, an lm-eval output (`results_<date>.json` + a 1M-line
@@ -21,7 +22,8 @@ like current inspect, then `summaries.json`, `reductions.json`, `header.json` wi
 Each measured phase then runs in its own subprocess, so its peak RSS is its own:
 
   ours-lm        evalkeeper's lm-eval importer  -> open_workspace(home=tmp).add_run  (Parquet + SQLite)
-  ours-inspect   evalkeeper's inspect importer  -> open_workspace(home=tmp).add_run
+  ours-inspect   evalkeeper's inspect importer  -> open_workspace(home=tmp).add_run (logs of 20k+ samples
+                 are parsed by one worker process per core; their CPU and RSS are reported too)
   inspect-read   inspect_ai's own `read_eval_log(path)` (the whole log as pydantic objects), run with
                  --inspect-python (a venv with inspect_ai; it never goes in .venv). It is first probed
                  on a small log of the same kind; when the full read is projected to need more than

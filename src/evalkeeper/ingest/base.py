@@ -262,6 +262,15 @@ def as_object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def first_string(data: dict[str, Any], *keys: str) -> str | None:
+    """The first of `keys` whose value in `data` is a string (a tool's version under its old or new name)."""
+    for key in keys:
+        value = data.get(key)
+        if isinstance(value, str):
+            return value
+    return None
+
+
 def as_float(value: Any) -> float | None:
     """A per-sample score as float (bools count as 0/1); None for anything that is not a plain number."""
     if isinstance(value, bool):

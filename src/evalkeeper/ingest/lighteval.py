@@ -30,6 +30,7 @@ from evalkeeper.ingest.base import (
     as_float,
     as_object,
     fill_source_ci,
+    first_string,
     peek_json,
     read_json_file,
     validation_message,
@@ -297,18 +298,12 @@ def _build(results_file: Path, data: dict[str, Any]) -> ImportedRun:
         environment={"source": {"config_general": general, "versions": versions,
                                 "summary_general": data.get("summary_general"),
                                 "aggregates": [k for k in results if is_aggregate_key(k)]}},
-        provenance=Provenance(producer="lighteval", producer_version=_version(general),
+        provenance=Provenance(producer="lighteval",
+                              producer_version=first_string(general, "lighteval_version", "version"),
                               source_path=str(f.resolve()), source_sha256=sha256_files(source_files)),
         seed=None,
     )
     return ImportedRun(run=run, metrics=metrics, batches=batches, source_files=source_files)
-
-
-def _version(general: dict[str, Any]) -> str | None:
-    for key in ("lighteval_version", "version"):
-        if isinstance(general.get(key), str):
-            return str(general[key])
-    return None
 
 
 def _task_config(config_tasks: dict[str, Any], key: str, suite: str | None, task: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from evalkeeper.ingest.base import (
     as_float,
     as_object,
     fill_source_ci,
+    first_string,
     loads_fast,
     peek_json,
     read_json_file,
@@ -289,19 +290,12 @@ def _build(results_file: Path, data: dict[str, Any]) -> ImportedRun:
         created_at=started or dt.datetime.now(dt.UTC),
         started_at=started,
         environment={"source": env_source},
-        provenance=Provenance(producer="lm_eval", producer_version=_version(data),
+        provenance=Provenance(producer="lm_eval", producer_version=first_string(data, "lm_eval_version", "version"),
                               source_path=str(f.resolve()), source_sha256=sha256_files(source_files)),
         seed=seed if isinstance(seed, int) else None,
     )
     batches = _stream_all(run_id, streams)
     return ImportedRun(run=run, metrics=metrics, batches=batches, source_files=source_files)
-
-
-def _version(data: dict[str, Any]) -> str | None:
-    for key in ("lm_eval_version", "version"):
-        if isinstance(data.get(key), str):
-            return str(data[key])
-    return None
 
 
 def _stream_all(run_id: str, streams: list[tuple[TaskInfo, Path, list[str], dict[str, MetricResult]]]
