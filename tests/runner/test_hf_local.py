@@ -54,3 +54,24 @@ def test_batching_does_not_change_choice_scores(tiny_model: Path) -> None:
     alone = [backend._choose([r])[0] for r in reqs]  # type: ignore[attr-defined]
     for a, b in zip(together, alone, strict=True):
         assert a.choice_logprobs == pytest.approx(b.choice_logprobs, abs=1e-4)
+
+
+def test_batches_keep_shared_heads_together_and_lengths_close() -> None:
+    from evalkeeper.runner.backends.local import batches
+
+    head = "Q: 1 + 1?\nA: 2\n\nQ: 2 + 2?\nA: 4\n\nQ: 3 + 3?\nA: 6\n\n"
+    other = "Q: 5 + 5?\nA: 10\n\nQ: 2 + 2?\nA: 4\n\nQ: 3 + 3?\nA: 6\n\n"
+    texts = ([f"{head}Q: {'9' * k} + 1?" for k in range(1, 8)] + [f"{other}Q: {k} + 2?" for k in range(2)]
+             + ["short one", "a much, much longer loose prompt with no shared head", "mid-sized loose prompt"])
+    got = batches(list(range(len(texts))), texts.__getitem__, size=4)
+    assert sorted(i for b in got for i in b) == list(range(len(texts)))  # every item once
+    assert all(0 < len(b) <= 4 for b in got)
+    for b in got:  # a batch never mixes two heads with a third kind
+        kinds = {texts[i][:len(head)] if texts[i].startswith((head, other)) else "loose" for i in b}
+        assert len(kinds) == 1
+    first = [b for b in got if texts[b[0]].startswith(head)]
+    assert [len(b) for b in first] == [4, 3]
+    assert [texts[i] for i in first[0]] == sorted((texts[i] for i in first[0]), key=len)  # shortest first
+    loose = next(b for b in got if not texts[b[0]].startswith((head, other)))
+    assert [texts[i] for i in loose] == ["short one", "mid-sized loose prompt",
+                                         "a much, much longer loose prompt with no shared head"]
