@@ -91,6 +91,13 @@ def _buffer(arr: pa.Array) -> tuple[np.ndarray, bytes]:
     return offsets - start, data
 
 
+def _per_key(keys: pa.Array) -> list[tuple[object, np.ndarray]]:
+    """Each distinct map key with the boolean mask of the entries that carry it."""
+    enc = pc.dictionary_encode(keys)
+    codes = np.asarray(enc.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+    return [(name, codes == i) for i, name in enumerate(enc.dictionary.to_pylist())]
+
+
 def _map_entries(col: pa.Array) -> tuple[np.ndarray, pa.Array, pa.Array]:
     """A map column's entries: the row of each entry, its key and its value."""
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
@@ -183,10 +190,7 @@ class IndexBuilder:
         self.cols.first.append(first)
         if not rows.size:
             return
-        enc = pc.dictionary_encode(keys)
-        codes = np.asarray(enc.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
-        for i, name in enumerate(enc.dictionary.to_pylist()):
-            hit = codes == i
+        for name, hit in _per_key(keys):
             out = np.full(n, np.nan)
             out[rows[hit][::-1]] = vals[hit][::-1]  # reversed: the first entry of a key wins, like map lookup
             self.cols.metrics.setdefault(str(name), []).append((self.n, out))
@@ -195,10 +199,7 @@ class IndexBuilder:
         rows, keys, items = _map_entries(group)
         if not rows.size:
             return
-        enc = pc.dictionary_encode(keys)
-        codes = np.asarray(enc.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
-        for i, name in enumerate(enc.dictionary.to_pylist()):
-            hit = codes == i
+        for name, hit in _per_key(keys):
             vals = pc.dictionary_encode(items.filter(pa.array(hit)))
             lookup = self.cols.group_values.setdefault(str(name), {})
             lut = np.array([lookup.setdefault(str(v), len(lookup)) for v in vals.dictionary.to_pylist()] + [-1],
