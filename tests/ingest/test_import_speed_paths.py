@@ -8,10 +8,12 @@ lighteval: details streamed in small batches vs one batch.
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 import threading
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -88,6 +90,32 @@ def test_workers_that_cannot_start_fall_back_to_reading_here(monkeypatch: pytest
     _force_workers(monkeypatch)
     got = _inspect_result(NEW_EVAL)
     assert got[0].equals(here[0]) and got[1:] == here[1:]
+
+
+def test_a_worker_answering_garbage_is_not_trusted(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The pipe carries JSON headers and Arrow IPC only: a reply in any other framing (here a pickle,
+    which the parent must never load) counts as a failed worker, and the log is read in-process."""
+    here = _inspect_result(NEW_EVAL)
+    fake = tmp_path / "python"
+    reply = tmp_path / "reply.bin"
+    reply.write_bytes(pickle.dumps(("ok", "not a table")))
+    fake.write_text(f"#!/bin/sh\ncat {reply}\ncat > /dev/null\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(_inspect_parallel.sys, "executable", str(fake))
+    _force_workers(monkeypatch)
+    loads = []
+    monkeypatch.setattr(pickle, "loads", lambda *a, **k: loads.append(a))
+    got = _inspect_result(NEW_EVAL)
+    assert got[0].equals(here[0]) and got[1:] == here[1:] and loads == []
+
+
+def test_member_table_survives_the_pipe_encoding() -> None:
+    with ZipReader(NEW_EVAL) as z:
+        table, _ = scan_directory(z, b"samples/", b".json")
+    back = _inspect_parallel._bytes_members(*_inspect_parallel._members_bytes(table))
+    assert list(back) == list(table) and len(back) == len(table) > 0
+    empty = table.take(np.zeros(0, dtype=np.int64))
+    assert len(_inspect_parallel._bytes_members(*_inspect_parallel._members_bytes(empty))) == 0
 
 
 def test_closing_early_stops_the_workers(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,7 @@ import shutil
 import zlib
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from evalkeeper.core.errors import ImportFormatError
 from evalkeeper.ingest import detect_importer
-from evalkeeper.ingest._inspect_rows import parse_sample, value_to_float
+from evalkeeper.ingest._inspect_rows import InspectSample, decode_sample, value_to_float
 from evalkeeper.ingest._zipread import ZipReader
 from evalkeeper.ingest.inspect import InspectImporter
 from evalkeeper.ingest.service import import_path
@@ -200,36 +201,30 @@ def test_relogged_sample_keeps_last_and_running_log(tmp_path: Path) -> None:
     assert [r["prediction"] for r in q01] == ["four"]
 
 
-# what parse_sample may leave out: never read by the row builder (fields after events_data except `limit`)
-_SKIPPABLE = {"events", "timelines", "attachments", "events_data", "turn_count", "token_limit",
-              "token_limit_type", "token_limit_usage", "message_limit", "time_limit"}
-
-
-def test_parse_sample_skips_events_safely() -> None:
+def test_decode_sample_keeps_the_row_fields_and_skips_the_rest() -> None:
+    kept = set(InspectSample.__struct_fields__)
     for path in (NEW_EVAL, OLD_EVAL):
         for name, raw in read_members(path):
             if name.startswith("samples/"):
                 full = json.loads(raw)
-                got = parse_sample(raw)
-                assert got == {k: v for k, v in full.items() if k in got}
-                assert set(full) - set(got) <= _SKIPPABLE and "events" not in got
-    # limit (after events_data) is kept; a nested "attachments"/"limit" key does not mislead the cuts
-    sample = (b'{"id":"a","store":{},"events":[{"model_usage":{"x":1}}],"model_usage":{"m":{"input_tokens":3}},'
-              b'"total_time":1.5,"uuid":"u","error":{"message":"boom"},"attachments":{"h":"text"},'
-              b'"events_data":{"calls":[{"attachments":1,"limit":2}]},"limit":{"type":"token","limit":9},'
-              b'"turn_count":2}')
-    got = parse_sample(sample)
-    assert got["limit"] == {"type": "token", "limit": 9} and got["error"] == {"message": "boom"}
-    assert got["model_usage"] == {"m": {"input_tokens": 3}} and "attachments" not in got
-    nested_only = sample.replace(b',"limit":{"type":"token","limit":9}', b"")
-    got = parse_sample(nested_only)  # the only ,"limit": sits inside events_data: no limit is made up
-    assert "limit" not in got and got["uuid"] == "u" and got["model_usage"] == {"m": {"input_tokens": 3}}
-    odd = sample.replace(b'"uuid":"u"', b'"surprise":1,"uuid":"u"')  # a field not known to sit there
-    assert parse_sample(odd)["surprise"] == 1
-    # a nested "events" key before the real one: the cut does not parse, the full parse is used
-    tricky = b'{"id":"a","metadata":{"x":1,"events":[1]},"events":[{"model_usage":{}}],"model_usage":{"m":{}}}'
-    got = parse_sample(tricky)
-    assert got["metadata"] == {"x": 1, "events": [1]} and got["model_usage"] == {"m": {}}
+                got = decode_sample(raw)
+                assert "events" in full and "messages" in full
+                assert msgspec.structs.asdict(got) == {k: full.get(k, getattr(InspectSample(id=0), k))
+                                                       for k in kept}
+    # nested keys that share a name with a kept field do not leak into it; events are never decoded
+    sample = (b'{"id":"a","store":{},"events":[{"model_usage":{"x":1},"limit":2}],'
+              b'"model_usage":{"m":{"input_tokens":3}},"total_time":1.5,"uuid":"u","error":{"message":"boom"},'
+              b'"attachments":{"h":"text"},"events_data":{"calls":[{"attachments":1,"limit":2}]},'
+              b'"limit":{"type":"token","limit":9},"turn_count":2}')
+    got = decode_sample(sample)
+    assert got.limit == {"type": "token", "limit": 9} and got.error == {"message": "boom"}
+    assert got.model_usage == {"m": {"input_tokens": 3}} and got.total_time == 1.5 and got.epoch == 1
+    assert decode_sample(sample.replace(b',"limit":{"type":"token","limit":9}', b"")).limit is None
+    # bare NaN (Python's json writes it) falls back to the stdlib parser
+    assert math.isnan(decode_sample(b'{"id":1,"scores":{"s":{"value":NaN}}}').scores["s"]["value"])
+    for bad in (b'[{"id":1}]', b'{"epoch":1}', b'"text"'):
+        with pytest.raises(msgspec.ValidationError):
+            decode_sample(bad)
 
 
 # -- bad input ----------------------------------------------------------------------------------------------
@@ -269,7 +264,7 @@ def test_truncated_and_wrong_json(tmp_path: Path) -> None:
     d = json.loads(data)
     d["samples"][3] = {"epoch": 1}
     p.write_text(json.dumps(d))
-    _expect_error(p, "samples[3]", "missing field 'id'")
+    _expect_error(p, "samples[3]", "missing required field `id`")
 
 
 def test_wrong_member_json(tmp_path: Path) -> None:
@@ -277,7 +272,7 @@ def test_wrong_member_json(tmp_path: Path) -> None:
     bad = {**members, "samples/q02_epoch_1.json": b'{"id": "q02", "epoch": '}
     _expect_error(write_zip(tmp_path / "a.eval", list(bad.items())), "samples/q02_epoch_1.json", "not valid JSON")
     bad = {**members, "samples/q02_epoch_1.json": b"[1, 2]"}
-    _expect_error(write_zip(tmp_path / "b.eval", list(bad.items())), "samples/q02_epoch_1.json", "JSON object")
+    _expect_error(write_zip(tmp_path / "b.eval", list(bad.items())), "samples/q02_epoch_1.json", "Expected `object`, got `array`")
     bad = {**members, "samples/q02_epoch_1.json": b'{"id": {"x": 1}, "epoch": 1}'}
     _expect_error(write_zip(tmp_path / "c.eval", list(bad.items())), "sample id must be")
     sample = json.loads(members["samples/q02_epoch_1.json"])

@@ -11,12 +11,15 @@ results back in order, so rows keep archive order.
 A bad sample makes the worker send the `ImportFormatError` text, which the parent raises naming the file.
 A worker that cannot start or dies raises `WorkersFailed`, carrying how many members were delivered, so
 the caller can read the rest in-process.
+
+Nothing crosses the pipes as pickle: a message is a JSON header plus binary parts, and tables (the member
+table, the rows) travel as Arrow IPC streams, which carry data only.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import pickle
 import struct
 import subprocess
 import sys
@@ -32,6 +35,8 @@ from evalkeeper.ingest._zipindex import MemberTable
 
 _LEN = struct.Struct("<Q")
 IN_FLIGHT = 2  # ranges queued per worker
+_MAX_HEADER = 1 << 20
+_MEMBER_COLUMNS = ("method", "flags", "crc", "compressed_size", "file_size", "header_offset", "name_end", "utf8")
 
 
 class WorkersFailed(Exception):
@@ -42,22 +47,65 @@ class WorkersFailed(Exception):
         self.done = done
 
 
-def _send(f: IO[bytes], obj: Any) -> None:
-    data = pickle.dumps(obj, protocol=5)
-    f.write(_LEN.pack(len(data)))
-    f.write(data)
+class _Garbled(Exception):
+    """A message on a worker pipe is not in the expected framing."""
+
+
+def _send(f: IO[bytes], header: dict[str, Any], *parts: bytes) -> None:
+    """One message: the JSON header, then each binary part, all length-prefixed."""
+    head = json.dumps({**header, "parts": len(parts)}).encode()
+    f.write(_LEN.pack(len(head)))
+    f.write(head)
+    for part in parts:
+        f.write(_LEN.pack(len(part)))
+        f.write(part)
     f.flush()
 
 
-def _recv(f: IO[bytes]) -> Any:
-    head = f.read(_LEN.size)
-    if len(head) < _LEN.size:
-        raise EOFError
-    (n,) = _LEN.unpack(head)
+def _read_exact(f: IO[bytes], n: int) -> bytes:
     data = f.read(n)
     if len(data) < n:
         raise EOFError
-    return pickle.loads(data)  # noqa: S301 - our own child process, over its own pipe
+    return data
+
+
+def _recv(f: IO[bytes]) -> tuple[dict[str, Any], list[bytes]]:
+    (n,) = _LEN.unpack(_read_exact(f, _LEN.size))
+    if n > _MAX_HEADER:
+        raise _Garbled(f"message header of {n} bytes")
+    header = json.loads(_read_exact(f, n))
+    if not isinstance(header, dict) or not isinstance(header.get("parts"), int):
+        raise _Garbled("message header is not an object with 'parts'")
+    parts = []
+    for _ in range(header["parts"]):
+        (size,) = _LEN.unpack(_read_exact(f, _LEN.size))
+        parts.append(_read_exact(f, size))
+    return header, parts
+
+
+def _table_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    data: bytes = sink.getvalue().to_pybytes()
+    return data
+
+
+def _bytes_table(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+
+
+def _members_bytes(members: MemberTable) -> tuple[bytes, bytes]:
+    """The member table as (Arrow IPC of its columns, the names they end in)."""
+    return _table_bytes(pa.table({c: pa.array(getattr(members, c)) for c in _MEMBER_COLUMNS})), members.names
+
+
+def _bytes_members(columns: bytes, names: bytes) -> MemberTable:
+    table = _bytes_table(columns)
+    cols = {c: table.column(c).to_numpy() for c in _MEMBER_COLUMNS}
+    if len(cols["name_end"]) and int(cols["name_end"][-1]) != len(names):
+        raise _Garbled("member names do not match the member table")
+    return MemberTable(names=names, **cols)
 
 
 def worker_count(n_members: int, min_members: int) -> int:
@@ -76,6 +124,7 @@ def parallel_tables(path: Path, members: MemberTable, task: str, run_id: str, sc
     root = str(Path(__file__).resolve().parents[2])  # the folder holding the evalkeeper package
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     procs: list[subprocess.Popen[bytes]] = []
+    member_data = _members_bytes(members)
     done = 0
     finished = False
     try:
@@ -85,30 +134,34 @@ def parallel_tables(path: Path, members: MemberTable, task: str, run_id: str, sc
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      env=env)
                 procs.append(p)
-                _send(p.stdin, ("init", str(path), task, run_id, schema, members))  # type: ignore[arg-type]
+                _send(p.stdin, {"op": "init", "path": str(path), "task": task,  # type: ignore[arg-type]
+                                "run_id": run_id}, schema.serialize().to_pybytes(), *member_data)
             for i in range(min(len(ranges), IN_FLIGHT * len(procs))):
-                _send(procs[i % len(procs)].stdin, ranges[i])  # type: ignore[arg-type]
+                lo, hi = ranges[i]
+                _send(procs[i % len(procs)].stdin, {"op": "range", "lo": lo, "hi": hi})  # type: ignore[arg-type]
         except OSError as e:
             raise WorkersFailed(0, f"cannot start worker processes: {e}") from None
         for i, (_lo, hi) in enumerate(ranges):
             p = procs[i % len(procs)]
             try:
-                reply = _recv(p.stdout)  # type: ignore[arg-type]
-            except (EOFError, OSError, pickle.UnpicklingError) as e:
+                reply, parts = _recv(p.stdout)  # type: ignore[arg-type]
+                kind = reply.get("status")
+                table = _bytes_table(parts[0]) if kind == "ok" and len(parts) == 1 else None
+            except (EOFError, OSError, ValueError, _Garbled, pa.ArrowException) as e:
                 raise WorkersFailed(done, f"a worker stopped ({type(e).__name__})") from None
-            kind = reply[0]
             if kind == "error":
-                raise ImportFormatError(reply[1], path=str(path), hint=reply[2])
-            if kind != "ok":
-                raise WorkersFailed(done, f"a worker failed: {reply[1]}")
+                raise ImportFormatError(str(reply.get("message")), path=str(path), hint=reply.get("hint"))
+            if table is None:
+                raise WorkersFailed(done, f"a worker failed: {reply.get('trace', reply)}")
             nxt = i + IN_FLIGHT * len(procs)
             if nxt < len(ranges):
+                lo, nxt_hi = ranges[nxt]
                 try:
-                    _send(p.stdin, ranges[nxt])  # type: ignore[arg-type]
+                    _send(p.stdin, {"op": "range", "lo": lo, "hi": nxt_hi})  # type: ignore[arg-type]
                 except OSError as e:
                     raise WorkersFailed(done, f"a worker stopped ({e})") from None
             done = hi
-            yield done, reply[1]
+            yield done, table
         finished = True
     finally:
         for p in procs:
@@ -136,24 +189,27 @@ def _serve(inp: IO[bytes], out: IO[bytes]) -> None:
     from evalkeeper.ingest._zipindex import read_table
     from evalkeeper.ingest._zipread import ZipReader
 
-    _, path, task, run_id, schema, members = _recv(inp)
+    init, (schema_data, member_columns, member_names) = _recv(inp)
+    path, task, run_id = init["path"], init["task"], init["run_id"]
+    schema = pa.ipc.read_schema(pa.py_buffer(schema_data))
+    members = _bytes_members(member_columns, member_names)
     with ZipReader(path) as z:
         while True:
             try:
-                lo, hi = _recv(inp)
+                msg, _ = _recv(inp)
             except EOFError:
                 return
+            lo, hi = int(msg["lo"]), int(msg["hi"])
             try:
                 rows = RowBuilder(task, schema)
                 chunks = read_table(z, members, start=lo, stop=hi)
                 tables = list(sample_tables(member_samples(chunks, path), rows, run_id, hi - lo + 1, path))
                 table = tables[0] if tables else rows.take(run_id)
-                reply: tuple[Any, ...] = ("ok", table)
+                _send(out, {"status": "ok"}, _table_bytes(table))
             except ImportFormatError as e:
-                reply = ("error", e.message, e.hint)
+                _send(out, {"status": "error", "message": e.message, "hint": e.hint})
             except Exception:  # noqa: BLE001 - reported to the parent, which reads the rest itself
-                reply = ("crash", traceback.format_exc(limit=5)[-2000:])
-            _send(out, reply)
+                _send(out, {"status": "crash", "trace": traceback.format_exc(limit=5)[-2000:]})
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 
@@ -39,82 +40,48 @@ except ImportError:  # pragma: no cover - orjson is a dependency; the stdlib is 
         return json.loads(data)
 
 
-# (events, model_usage, attachments, limit) keys as inspect writes them: compact (current), indented (older)
-_CUT_KEYS = (
-    (b',"events":', b',"model_usage":', b',"attachments":', b',"limit":'),
-    (b',\n  "events": ', b',\n  "model_usage": ', b',\n  "attachments": ', b',\n  "limit": '),
-)
-# EvalSample fields between model_usage and attachments, and from limit on (inspect_ai 0.3.x): a middle or
-# end cut holding any other key is not the sample's own level, and is parsed the safe way instead
-_MIDDLE_FIELDS = frozenset({"model_usage", "role_usage", "model_fallbacks", "started_at", "completed_at",
-                            "total_time", "working_time", "uuid", "invalidation", "error", "error_retries"})
-_END_FIELDS = frozenset({"limit", "turn_count", "token_limit", "token_limit_type", "token_limit_usage",
-                         "message_limit", "time_limit"})
+class InspectSample(msgspec.Struct):
+    """The fields of an inspect_ai `EvalSample` that become a row; every other field (events, messages,
+    store, attachments, events_data, ... - most of a sample's bytes) is skipped by the decoder in C,
+    without building Python objects. Values stay untyped (`Any`) so that any JSON shape decodes and the
+    row builder decides what it can use."""
+
+    id: Any
+    epoch: Any = 1
+    input: Any = None
+    target: Any = None
+    output: Any = None
+    scores: Any = None
+    metadata: Any = None
+    model_usage: Any = None
+    total_time: Any = None
+    uuid: Any = None
+    error: Any = None
+    limit: Any = None
 
 
-def parse_sample(raw: bytes) -> Any:
-    """Parse one `samples/*.json` member, skipping `events`, `attachments` and `events_data` when that can
-    be done safely (evalkeeper keeps none of them, and they are most of a sample's bytes).
+_DECODER = msgspec.json.Decoder(InspectSample)
 
-    inspect writes the fields in order (..., metadata, store, events, [timelines,] model_usage, ...,
-    error, error_retries, attachments, events_data, limit, ...), so the object is parsed in cuts: everything
-    before `,"events":` closed with `}`; from the last `,"model_usage":` (events hold nested ones) to the
-    last `,"attachments":`; and from the last `,"limit":` to the end. A cut parses only if it sits at the
-    top level of the object (a cut inside a nested value leaves brackets unbalanced, and the keys cannot
-    occur unescaped inside strings); the middle and end cuts must also hold only the sample fields that
-    belong there. Any surprise falls back to a cut that keeps attachments and events_data, then to parsing
-    the whole member. The CRC check of the zip member already vouches for the skipped bytes.
+
+def decode_sample(raw: bytes) -> InspectSample:
+    """One `samples/*.json` member (or one sample of a `.json` log) as an `InspectSample`.
+
+    JSON that msgspec rejects (bare NaN/Infinity, which Python's json module writes) is parsed again by
+    the stdlib and converted; a value that is no sample object raises `msgspec.ValidationError`.
     """
-    for events_key, usage_key, attach_key, limit_key in _CUT_KEYS:
-        i = raw.find(events_key)
-        if i <= 0:
-            continue
-        j = raw.rfind(usage_key, i)
-        if j <= 0:
-            break
-        try:
-            head = loads(raw[:i] + b"}")
-            if not isinstance(head, dict):
-                break
-            tail = _short_tail(raw, j, attach_key, limit_key)
-            if tail is None:
-                tail = loads(b"{" + raw[j + 1 :])
-        except ValueError:
-            break
-        if isinstance(tail, dict):
-            head.update(tail)
-            return head
-        break
-    return loads(raw)
-
-
-def _short_tail(raw: bytes, j: int, attach_key: bytes, limit_key: bytes) -> dict[str, Any] | None:
-    """The fields from model_usage on without attachments and events_data, or None if unsure."""
-    k = raw.rfind(attach_key, j)
-    if k <= 0:
-        return None
     try:
-        middle = loads(b"{" + raw[j + 1 : k] + b"}")
-    except ValueError:
-        return None
-    end: Any = {}
-    stop = len(raw)
-    for _ in range(4):  # the limit object holds a "limit" key of its own: try the occurrences before it
-        m = raw.rfind(limit_key, k, stop)
-        if m <= 0:
-            break
-        try:
-            end = loads(b"{" + raw[m + 1 :])
-            break
-        except ValueError:
-            stop = m
-    else:
-        return None
-    if not (isinstance(middle, dict) and isinstance(end, dict) and _MIDDLE_FIELDS.issuperset(middle)
-            and _END_FIELDS.issuperset(end)):
-        return None
-    middle.update(end)
-    return middle
+        return _DECODER.decode(raw)
+    except msgspec.ValidationError:
+        raise
+    except msgspec.DecodeError:
+        return as_sample(json.loads(raw))
+
+
+def as_sample(obj: Any) -> InspectSample:
+    """An already parsed sample object (a dict) as an `InspectSample`."""
+    if isinstance(obj, InspectSample):
+        return obj
+    return msgspec.convert(obj, InspectSample)
 
 
 # inspect_ai's value_to_float sentinels
@@ -242,11 +209,11 @@ def sample_scores(scores: Any) -> tuple[dict[str, float], dict[str, Any]]:
     return out, extra
 
 
-def _usage_tokens(sample: dict[str, Any]) -> tuple[int | None, int | None]:
+def _usage_tokens(sample: InspectSample) -> tuple[int | None, int | None]:
     """Tokens over all models the sample used (input counts cache reads/writes, as inspect defines it)."""
-    usage = sample.get("model_usage")
+    usage = sample.model_usage
     if not usage or type(usage) is not dict:
-        output = sample.get("output")
+        output = sample.output
         u = output.get("usage") if type(output) is dict else None
         if type(u) is not dict:
             return None, None
@@ -289,8 +256,8 @@ class RowBuilder:
     def __len__(self) -> int:
         return len(self.sample_id)
 
-    def add(self, s: dict[str, Any]) -> None:
-        sid = s["id"]
+    def add(self, s: InspectSample) -> None:
+        sid = s.id
         t = type(sid)
         if t is str:
             sample_id = sid
@@ -298,11 +265,11 @@ class RowBuilder:
             sample_id = str(sid)
         else:
             raise ValueError(f"sample id must be a string or integer, got {t.__name__}")
-        epoch = s.get("epoch", 1)
+        epoch = s.epoch
         if type(epoch) is not int:
             raise ValueError(f"epoch must be an integer, got {type(epoch).__name__}")
-        scores, extra = sample_scores(s.get("scores"))
-        meta = s.get("metadata")
+        scores, extra = sample_scores(s.scores)
+        meta = s.metadata
         if type(meta) is dict and meta:
             meta = dict(meta)
             for k, v in meta.items():
@@ -312,24 +279,24 @@ class RowBuilder:
         else:
             meta = {}
         self.group_ends.append(len(self.group_keys))
-        error = s.get("error")
+        error = s.error
         if error:
             extra["error"] = error.get("message") if type(error) is dict else str(error)
-        if s.get("limit"):
-            extra["limit"] = s["limit"]
-        uuid = s.get("uuid")
+        if s.limit:
+            extra["limit"] = s.limit
+        uuid = s.uuid
         if uuid:
             extra["uuid"] = uuid
         if extra:
             meta["inspect"] = extra
         tin, tout = _usage_tokens(s)
-        total_time: Any = s.get("total_time")
-        inp = s.get("input")
+        total_time: Any = s.total_time
+        inp = s.input
         self.sample_id.append(sample_id)
         self.epoch.append(epoch - 1)  # inspect counts epochs from 1, we from 0
         self.input.append(inp if type(inp) is str else render_input(inp))
-        self.target.append(render_target(s.get("target")))
-        self.prediction.append(prediction(s.get("output")))
+        self.target.append(render_target(s.target))
+        self.prediction.append(prediction(s.output))
         self.score_keys.extend(scores)
         self.score_vals.extend(scores.values())
         self.score_ends.append(len(self.score_keys))
@@ -424,6 +391,8 @@ def parse_json(raw: bytes, where: str, path: str, parse: Callable[[bytes], Any] 
     """Parse a member / a sample; errors become ImportFormatError naming `where` and the file."""
     try:
         return parse(raw)
+    except msgspec.ValidationError as e:  # decode_sample: JSON, but no sample object
+        raise ImportFormatError(f"{where}: not an inspect_ai sample ({e})", path=path) from None
     except UnicodeDecodeError:
         raise ImportFormatError(f"{where} is not UTF-8 JSON", path=path) from None
     except ValueError as e:
@@ -433,25 +402,24 @@ def parse_json(raw: bytes, where: str, path: str, parse: Callable[[bytes], Any] 
 
 
 def member_samples(chunks: Iterable[list[tuple[str, bytes]]], path: str) -> Iterator[tuple[str, Any]]:
-    """(where, parsed sample) for the `samples/*.json` members read by `_zipindex.read_table`."""
+    """(where, decoded sample) for the `samples/*.json` members read by `_zipindex.read_table`."""
     for chunk in chunks:
         for name, raw in chunk:
             where = f"member {name!r}"
-            yield where, parse_json(raw, where, path, parse_sample)
+            yield where, parse_json(raw, where, path, decode_sample)
 
 
 def sample_tables(samples: Iterable[tuple[str, Any]], rows: RowBuilder, run_id: str, batch_rows: int,
                   path: str) -> Iterator[pa.Table]:
-    """Tables of up to `batch_rows` rows from parsed samples; a sample of the wrong shape raises
-    ImportFormatError saying which one."""
+    """Tables of up to `batch_rows` rows from decoded samples (or parsed sample objects); a sample of the
+    wrong shape raises ImportFormatError saying which one."""
     for where, sample in samples:
-        if not isinstance(sample, dict):
+        if type(sample) is not InspectSample and not isinstance(sample, dict):
             raise ImportFormatError(f"{where}: a sample should be a JSON object", path=path)
         try:
-            rows.add(sample)
+            rows.add(as_sample(sample))
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
-            what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
-            raise ImportFormatError(f"{where}: not an inspect_ai sample ({what})", path=path) from None
+            raise ImportFormatError(f"{where}: not an inspect_ai sample ({e})", path=path) from None
         if len(rows) >= batch_rows:
             yield _take(rows, run_id, path)
     if len(rows):

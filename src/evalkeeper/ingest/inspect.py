@@ -21,6 +21,7 @@ from evalkeeper.ingest._inspect_parallel import WorkersFailed, parallel_tables, 
 from evalkeeper.ingest._inspect_rows import (
     RowBuilder,
     ScoreCollector,
+    decode_sample,
     member_samples,
     parse_json,
     sample_tables,
@@ -153,7 +154,7 @@ class _Log:
     def header(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def samples(self) -> Iterator[tuple[str, dict[str, Any]]]:
+    def samples(self) -> Iterator[tuple[str, Any]]:
         raise NotImplementedError
 
     def imported(self) -> ImportedRun:
@@ -291,7 +292,7 @@ class _EvalZipLog(_Log):
             data = {**data, "status": "started"}
         return data
 
-    def samples(self, start: int = 0) -> Iterator[tuple[str, dict[str, Any]]]:
+    def samples(self, start: int = 0) -> Iterator[tuple[str, Any]]:
         # reading and decompressing (GIL released) run in a thread, ahead of the parsing here
         with ZipReader(self.path) as z:
             chunks = in_background(read_table(z, self._samples, start=start), depth=READ_AHEAD,
@@ -377,7 +378,7 @@ class _JsonLog(_Log):
         self._inline = samples or None  # non-empty only when the layout was not the indented one
         return data
 
-    def samples(self) -> Iterator[tuple[str, dict[str, Any]]]:
+    def samples(self) -> Iterator[tuple[str, Any]]:
         if self._inline is not None:
             samples, self._inline = self._inline, None
             samples.reverse()  # pop from the end: each sample's memory is freed once it is a row
@@ -404,7 +405,7 @@ class _JsonLog(_Log):
                 elif line in _SAMPLE_CLOSE:
                     chunk.append(b"    }")
                     yield f"samples[{i}]", parse_json(b"".join(chunk), f"samples[{i}] (ending line {lineno})",
-                                                      str(self.path))
+                                                      str(self.path), decode_sample)
                     chunk = None
                     i += 1
                 else:
