@@ -417,6 +417,7 @@ def batches(items: list[int], text: Callable[[int], str], size: int, min_shared:
     group, so a batch never mixes heads and its common prefix is computed once; the rest are pooled.
     Within each group, prompts are ordered by length: less padding per batch.
     """
+    texts = {i: text(i) for i in items}  # each request's text is built once
     groups: list[list[int]] = []
     loose: list[int] = []
 
@@ -427,8 +428,8 @@ def batches(items: list[int], text: Callable[[int], str], size: int, min_shared:
             loose.extend(group)
 
     current: list[int] = []
-    for i in sorted(items, key=text):
-        if current and len(os.path.commonprefix([text(current[0]), text(i)])) >= min_shared:
+    for i in sorted(items, key=texts.__getitem__):
+        if current and len(os.path.commonprefix([texts[current[0]], texts[i]])) >= min_shared:
             current.append(i)
         else:
             close(current)
@@ -436,7 +437,7 @@ def batches(items: list[int], text: Callable[[int], str], size: int, min_shared:
     close(current)
     out: list[list[int]] = []
     for group in [*groups, loose]:
-        group.sort(key=lambda i: len(text(i)))
+        group.sort(key=lambda i: len(texts[i]))
         out.extend(group[start:start + size] for start in range(0, len(group), size))
     return out
 
